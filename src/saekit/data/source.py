@@ -1,0 +1,179 @@
+"""What the trainer and the evaluator read: a *batch source*.
+
+A batch source has ``d_in`` and
+
+    batches(batch_size, *, seed=0, start=0, rank=0, world_size=1) -> Iterator[Tensor]
+
+an endless stream of float tensors [batch_size // world_size, d_in]. Global batch i is a
+function of (seed, i) alone, and rank r receives rows [r·b, (r+1)·b) of it, so a run on
+W ranks sees exactly the data of a run on one. ``start`` skips the first global batches
+(resume). Activation stores and live model streams (data/store.py, data/buffer.py)
+implement it; this module adapts an in-memory tensor or any iterable of batches.
+
+For evaluation, ``iterate_once(data, batch_size)`` walks a finite source in order.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    d_in: int
+
+    def batches(
+        self, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1
+    ) -> Iterator[Tensor]: ...
+
+
+def rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
+    if batch_size % world_size:
+        raise ValueError(
+            f"batch_size={batch_size} is not divisible by the {world_size} ranks; choose a multiple of {world_size}."
+        )
+    per_rank = batch_size // world_size
+    return slice(rank * per_rank, (rank + 1) * per_rank)
+
+
+class TensorSource:
+    """Random batches without replacement from an in-memory [N, d_in] tensor; a new
+    permutation every epoch (a pass over N // batch_size batches)."""
+
+    def __init__(self, activations: Tensor) -> None:
+        if activations.ndim != 2:
+            raise ValueError(f"activations must be a [tokens, d_in] tensor, got shape {tuple(activations.shape)}.")
+        if activations.shape[0] == 0:
+            raise ValueError("activations is empty: it has no rows to train on.")
+        self.activations = activations
+        self.d_in = activations.shape[1]
+
+    def __len__(self) -> int:
+        return self.activations.shape[0]
+
+    def batches(self, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1):
+        n = self.activations.shape[0]
+        if batch_size > n:
+            raise ValueError(f"batch_size={batch_size} is larger than the {n} rows of activations; lower it.")
+        mine = rank_slice(batch_size, rank, world_size)
+        per_epoch = n // batch_size
+        i = start
+        while True:
+            epoch, within = divmod(i, per_epoch)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+            for j in range(within, per_epoch):
+                rows = order[j * batch_size : (j + 1) * batch_size][mine]
+                yield self.activations[rows.to(self.activations.device)].float()
+                i += 1
+
+    def iterate_once(self, batch_size: int) -> Iterator[Tensor]:
+        for begin in range(0, self.activations.shape[0], batch_size):
+            yield self.activations[begin : begin + batch_size].float()
+
+
+class IterableSource:
+    """Any iterable of [*, d_in] tensors, re-cut into batches of exactly batch_size rows.
+    The iterable is consumed in order (it is the caller's job to shuffle it); a
+    re-iterable (a list, a DataLoader) restarts when exhausted, a one-shot iterator ends."""
+
+    def __init__(self, iterable: Iterable[Tensor], d_in: int | None = None) -> None:
+        self.iterable = iterable
+        self._peeked: list[Tensor] = []
+        self._iterator = iter(iterable)
+        if d_in is None:
+            first = next(self._iterator, None)
+            if first is None:
+                raise ValueError("the data iterable is empty: it yielded no batch.")
+            self._peeked.append(first)
+            d_in = first.shape[-1]
+        self.d_in = d_in
+
+    def _rows(self) -> Iterator[Tensor]:
+        yield from self._peeked
+        self._peeked = []
+        yield from self._iterator
+        while self.iterable is not self._iterator:
+            self._iterator = iter(self.iterable)
+            empty = True
+            for chunk in self._iterator:
+                empty = False
+                yield chunk
+            if empty:
+                return
+
+    def batches(self, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1):
+        mine = rank_slice(batch_size, rank, world_size)
+        pending: list[Tensor] = []
+        held = 0
+        produced = 0
+        for chunk in self._rows():
+            chunk = chunk.reshape(-1, chunk.shape[-1])
+            if chunk.shape[-1] != self.d_in:
+                raise ValueError(f"a batch has width {chunk.shape[-1]}, but earlier batches had d_in={self.d_in}.")
+            pending.append(chunk)
+            held += chunk.shape[0]
+            while held >= batch_size:
+                joined = torch.cat(pending)
+                batch, rest = joined[:batch_size], joined[batch_size:]
+                pending, held = [rest], rest.shape[0]
+                if produced >= start:
+                    yield batch[mine].float()
+                produced += 1
+
+    def iterate_once(self, batch_size: int) -> Iterator[Tensor]:
+        if self.iterable is self._iterator:  # a one-shot iterator: what is left of it
+            chunks = itertools.chain(self._peeked, self._iterator)
+            self._peeked = []
+        else:
+            chunks = iter(self.iterable)
+        for chunk in chunks:
+            yield chunk.reshape(-1, chunk.shape[-1]).float()
+
+
+def as_source(data) -> BatchSource:
+    """Turn what a user passes as training data into a batch source: a [N, d_in] tensor,
+    an activation store (or the path of one), a live model stream, or any iterable of
+    [*, d_in] tensors."""
+    if isinstance(data, Tensor):
+        return TensorSource(data)
+    if isinstance(data, (str, Path)):
+        from .store import open_store
+
+        return open_store(data)
+    if isinstance(data, BatchSource):
+        return data
+    if isinstance(data, Iterable):
+        return IterableSource(data)
+    raise TypeError(
+        f"cannot train on a {type(data).__name__}: pass a [tokens, d_in] tensor, an activation store "
+        "(saekit.open_store(path) or its path), a live activation stream, or an iterable of [batch, d_in] tensors."
+    )
+
+
+def iterate_once(data, batch_size: int, max_tokens: int | None = None) -> Iterator[Tensor]:
+    """Walk a finite source in order, once, up to max_tokens rows: [≤ batch_size, d_in] batches."""
+    source = as_source(data)
+    if hasattr(source, "iterate_once"):
+        chunks = source.iterate_once(batch_size)
+    elif hasattr(source, "activations"):  # an activation store: its memory-mapped rows, in order
+        rows = source.activations
+        chunks = (torch.as_tensor(rows[i : i + batch_size]).float() for i in range(0, len(rows), batch_size))
+    else:
+        # Endless sources (live model streams): a fixed number of batches from seed 0.
+        if max_tokens is None:
+            raise ValueError("this data source is endless; give max_tokens to say how much of it to evaluate.")
+        chunks = source.batches(batch_size, seed=0)
+    seen = 0
+    for chunk in chunks:
+        if max_tokens is not None and seen + chunk.shape[0] > max_tokens:
+            chunk = chunk[: max_tokens - seen]
+        if chunk.shape[0] == 0:
+            return
+        yield chunk
+        seen += chunk.shape[0]
+        if max_tokens is not None and seen >= max_tokens:
+            return

@@ -1,0 +1,191 @@
+"""SparseAutoencoder: the part every architecture shares.
+
+An SAE maps an activation x ∈ R^n to features f ∈ R^M_{≥0} and back:
+
+    x̃ = x − b_dec                      (pre-encoder subtraction of the decoder bias)
+    f = σ(x̃ W_enc + b_enc)             (σ differs per architecture)
+    x̂ = (s ⊙ f) W_dec + b_dec          (s: optional per-feature scale, fitted by fit_scale)
+
+Tensor names and layouts follow SAELens so that other tools can read what saekit
+writes: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``.
+A subclass implements ``encode`` and ``loss``; everything else (decoding, the
+decoder-norm constraint, firing statistics, folding the activation scale,
+saving) lives here so that the trainer never asks which architecture it trains.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .config import SAEConfig
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+CONFIG_FILE = "cfg.json"
+
+
+class LossOutput(NamedTuple):
+    """What one training forward pass returns."""
+
+    loss: Tensor
+    """Scalar total loss that the optimiser minimises."""
+    parts: dict[str, Tensor]
+    """Named scalar terms: "reconstruction", "sparsity", "auxiliary" (those that apply),
+    each already multiplied by its coefficient, so that they add up to ``loss``."""
+    features: Tensor
+    """f: [batch, d_sae], the features the reconstruction used."""
+    x_hat: Tensor
+    """x̂: [batch, d_in]."""
+
+
+class SparseAutoencoder(nn.Module):
+    arch: ClassVar[str]
+    coefficient_name: ClassVar[str | None] = None
+    """Config field holding the sparsity coefficient, for architectures with a penalty."""
+    unit_norm_decoder: ClassVar[bool] = True
+    """Whether decoder rows are held at unit norm during training."""
+
+    def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        # Decoder rows: random unit directions; the encoder starts as their transpose, so
+        # that at initialisation every feature reads the direction it writes.
+        W_dec = torch.randn(d_sae, d_in, generator=generator)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.t().clone())
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        if cfg.feature_scale:
+            self.add_feature_scale()
+        if self.coefficient_name is not None:
+            start = getattr(cfg, self.coefficient_name)
+            if start is None:
+                start = self.default_coefficient()
+            # A buffer, not a config value: the target-L0 controller moves it during
+            # training and it must travel with checkpoints.
+            self.register_buffer("sparsity_coefficient", torch.tensor(float(start)))
+        # Tokens since each feature last fired; persistent=False keeps it out of the
+        # SAELens-compatible weights file (the trainer checkpoints it separately).
+        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long), persistent=False)
+
+    # ---- the architecture-specific part -------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        """x: [..., d_in] -> f: [..., d_sae], non-negative."""
+        raise NotImplementedError
+
+    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
+        """Training loss on a batch x: [batch, d_in]. ``sparsity_scale`` multiplies the
+        sparsity coefficient (the trainer's warm-up)."""
+        raise NotImplementedError
+
+    @classmethod
+    def default_coefficient(cls) -> float:
+        """Starting sparsity coefficient when only target_l0 is given."""
+        raise NotImplementedError
+
+    # ---- shared maths -------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """(x − b_dec) W_enc + b_enc: [..., d_sae]."""
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def decode(self, f: Tensor) -> Tensor:
+        """f: [..., d_sae] -> x̂ = (s ⊙ f) W_dec + b_dec: [..., d_in]."""
+        if self.cfg.feature_scale:
+            f = f * self.feature_scale
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    def reconstruction_error(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        """Mean over tokens of ‖x̂ − x‖² (or ‖x̂ − x‖²/d_in with reconstruction_loss="mean")."""
+        squared = (x_hat.float() - x.float()).pow(2)
+        per_token = squared.sum(-1) if self.cfg.reconstruction_loss == "sum" else squared.mean(-1)
+        return per_token.mean()
+
+    def decoder_norms(self) -> Tensor:
+        """‖d_i‖: [d_sae]."""
+        return self.W_dec.norm(dim=1)
+
+    def coefficient(self, sparsity_scale: float) -> Tensor:
+        return self.sparsity_coefficient * sparsity_scale
+
+    # ---- hooks the trainer calls around each optimiser step -------------------------------
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        """Remove from each decoder row's gradient its component along the row, so that
+        the step moves the direction without changing the norm (to first order)."""
+        if not self.unit_norm_decoder or self.W_dec.grad is None:
+            return
+        W, G = self.W_dec, self.W_dec.grad
+        parallel = (G * W).sum(dim=1, keepdim=True) / W.pow(2).sum(dim=1, keepdim=True).clamp_min(1e-12)
+        G -= parallel * W
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        if self.unit_norm_decoder:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def update_firing(self, fired: Tensor, n_tokens: int) -> None:
+        """fired: [d_sae] bool, whether each feature fired anywhere in the last (global) batch."""
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[fired] = 0
+
+    def dead_mask(self) -> Tensor:
+        """[d_sae] bool: features that have not fired for cfg.dead_tokens training tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    # ---- units and the suppression fix ------------------------------------------------------
+    @torch.no_grad()
+    def fold_activation_scale(self, c: float) -> None:
+        """Make an SAE trained on c·x read raw x: features are unchanged, the encoder absorbs
+        c and the decoder output is divided by it."""
+        self.W_enc *= c
+        self.W_dec /= c
+        self.b_dec /= c
+        self.cfg.activation_scale = self.cfg.activation_scale * c
+
+    @torch.no_grad()
+    def init_b_dec(self, sample: Tensor) -> None:
+        """Start b_dec at the mean of a sample of (already normalised) activations."""
+        self.b_dec.copy_(sample.float().mean(0))
+
+    def add_feature_scale(self) -> None:
+        if not hasattr(self, "feature_scale"):
+            self.feature_scale = nn.Parameter(torch.ones(self.cfg.d_sae, device=self.W_dec.device))
+        self.cfg.feature_scale = True
+
+    # ---- persistence ------------------------------------------------------------------------
+    def state_for_save(self) -> dict[str, Tensor]:
+        """The tensors of sae_weights.safetensors, named as SAELens names them."""
+        return {name: t.detach().contiguous() for name, t in self.state_dict().items() if name != "sparsity_coefficient"}
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the SAE as a folder: cfg.json + sae_weights.safetensors, atomically."""
+        from .persistence import save_sae
+
+        return save_sae(self, path, overwrite=overwrite)
+
+    def config_for_save(self) -> SAEConfig:
+        """cfg with the current sparsity coefficient written back (the controller may have moved it)."""
+        cfg = SAEConfig.from_dict(json.loads(self.cfg.to_json()))
+        if self.coefficient_name is not None:
+            setattr(cfg, self.coefficient_name, float(self.sparsity_coefficient))
+        return cfg
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch}, d_in={self.d_in}, d_sae={self.d_sae}"
+

@@ -1,0 +1,44 @@
+"""ReLU SAE with an L1 penalty (Bricken et al. 2023; Anthropic's April 2024 update).
+
+    f = ReLU((x − b_dec) W_enc + b_enc)
+    L = ‖x̂ − x‖² + λ Σ_i f_i            decoder_norm="unit": rows of W_dec held at ‖d_i‖ = 1
+    L = ‖x̂ − x‖² + λ Σ_i f_i ‖d_i‖      decoder_norm="weighted": W_dec free
+
+The L1 term pulls every active feature's magnitude down (feature suppression); see
+``relative_reconstruction_bias`` in saekit.evaluate and the fix in saekit.fit_scale.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import LossOutput, SparseAutoencoder
+from .config import SAEConfig
+
+
+class ReluSAE(SparseAutoencoder):
+    arch = "relu"
+    coefficient_name = "l1_coefficient"
+
+    def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, generator=generator)
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+
+    @property
+    def unit_norm_decoder(self) -> bool:  # type: ignore[override]
+        return self.cfg.decoder_norm == "unit"
+
+    @classmethod
+    def default_coefficient(cls) -> float:
+        return 1.0
+
+    def encode(self, x: Tensor) -> Tensor:
+        return torch.relu(self.pre_activations(x))
+
+    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
+        f = self.encode(x)
+        x_hat = self.decode(f)
+        reconstruction = self.reconstruction_error(x, x_hat)
+        weighted = f if self.unit_norm_decoder else f * self.decoder_norms()
+        sparsity = self.coefficient(sparsity_scale) * weighted.float().sum(-1).mean()
+        return LossOutput(reconstruction + sparsity, {"reconstruction": reconstruction, "sparsity": sparsity}, f, x_hat)

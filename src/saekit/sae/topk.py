@@ -1,0 +1,126 @@
+"""TopK (Gao et al. 2024, "Scaling and evaluating sparse autoencoders") and BatchTopK
+(Bussmann et al. 2024) SAEs.
+
+    z = (x − b_dec) W_enc + b_enc
+    TopK:      f = ReLU(z) on the k largest entries of each token's z, 0 elsewhere
+    BatchTopK: f = ReLU(z) on the k·B largest entries of the whole batch [B, d_sae]
+
+BatchTopK keeps a running threshold θ, the smallest activation it kept, averaged over
+steps; in eval mode it encodes each token alone as f = z ⊙ 1[z > θ] (a JumpReLU).
+
+AuxK: the residual e = x − x̂ (gradient stopped) is reconstructed from the aux_k largest
+pre-activations among dead latents, ê = f_aux W_dec, and ‖e − ê‖² is added with weight
+aux_coefficient, scaled down while fewer than aux_k latents are dead. It gives dead
+latents a gradient that points them at what the live ones miss.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import LossOutput, SparseAutoencoder
+from .config import SAEConfig
+from .sparse_decode import sparse_decode
+
+
+class TopKSAE(SparseAutoencoder):
+    arch = "topk"
+
+    def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, generator=generator)
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+
+    @property
+    def aux_k(self) -> int:
+        return self.cfg.aux_k or min(self.d_in // 2, self.d_sae)
+
+    def select(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The active latents of each token: (values [B, k] ≥ 0, indices [B, k])."""
+        values, indices = z.topk(self.cfg.k, dim=-1, sorted=False)
+        return torch.relu(values), indices
+
+    def encode(self, x: Tensor) -> Tensor:
+        z = self.pre_activations(x)
+        values, indices = self.select(z)
+        return torch.zeros_like(z).scatter_(-1, indices, values)
+
+    def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
+        """x̂ from the active latents only: [B, k] -> [B, d_in]."""
+        if self.cfg.feature_scale:
+            values = values * self.feature_scale[indices]
+        return sparse_decode(values, indices, self.W_dec) + self.b_dec
+
+    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
+        z = self.pre_activations(x)
+        values, indices = self.select(z)
+        x_hat = self.decode_sparse(values, indices)
+        reconstruction = self.reconstruction_error(x, x_hat)
+        parts = {"reconstruction": reconstruction}
+        total = reconstruction
+        auxiliary = self.auxk_loss(z, x - x_hat.detach())
+        if auxiliary is not None:
+            parts["auxiliary"] = auxiliary
+            total = total + auxiliary
+        features = torch.zeros_like(z).scatter_(-1, indices, values.to(z.dtype))
+        return LossOutput(total, parts, features, x_hat)
+
+    def auxk_loss(self, z: Tensor, residual: Tensor) -> Tensor | None:
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())
+        if n_dead == 0 or self.cfg.aux_coefficient == 0:
+            return None
+        k_aux = min(self.aux_k, n_dead)
+        dead_z = z.masked_fill(~dead, float("-inf"))
+        values, indices = dead_z.topk(k_aux, dim=-1, sorted=False)
+        residual_hat = sparse_decode(torch.relu(values), indices, self.W_dec)
+        error = (residual_hat.float() - residual.float()).pow(2)
+        per_token = error.sum(-1) if self.cfg.reconstruction_loss == "sum" else error.mean(-1)
+        return self.cfg.aux_coefficient * min(n_dead / self.aux_k, 1.0) * per_token.mean()
+
+
+class BatchTopKSAE(TopKSAE):
+    arch = "batchtopk"
+
+    def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, generator=generator)
+        # Inference threshold θ (a scalar shared by every feature), saved with the weights.
+        self.register_buffer("threshold", torch.tensor(0.0))
+
+    def encode(self, x: Tensor) -> Tensor:
+        z = self.pre_activations(x)
+        if self.training:
+            return self.select_batch(z)
+        return z * (z > self.threshold).to(z.dtype)
+
+    def select_batch(self, z: Tensor) -> Tensor:
+        """f for the whole batch: the k·B largest entries of ReLU(z), [B, d_sae]."""
+        flat = torch.relu(z).flatten()
+        n_keep = min(self.cfg.k * z.shape[0], flat.numel())
+        values, indices = flat.topk(n_keep, sorted=False)
+        return torch.zeros_like(flat).scatter_(0, indices, values).view_as(z)
+
+    @torch.no_grad()
+    def _update_threshold(self, f: Tensor) -> None:
+        kept = f[f > 0]
+        if kept.numel() == 0:
+            return
+        smallest = kept.min().float()
+        m = self.cfg.batchtopk_threshold_momentum
+        if float(self.threshold) == 0.0:
+            self.threshold.copy_(smallest)
+        else:
+            self.threshold.mul_(m).add_((1 - m) * smallest)
+
+    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
+        z = self.pre_activations(x)
+        f = self.select_batch(z)
+        self._update_threshold(f)
+        x_hat = self.decode(f)
+        reconstruction = self.reconstruction_error(x, x_hat)
+        parts = {"reconstruction": reconstruction}
+        total = reconstruction
+        auxiliary = self.auxk_loss(z, x - x_hat.detach())
+        if auxiliary is not None:
+            parts["auxiliary"] = auxiliary
+            total = total + auxiliary
+        return LossOutput(total, parts, f, x_hat)

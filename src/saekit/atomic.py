@@ -35,7 +35,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise FileNotFoundError(f"nothing was written to the temporary path {tmp} for {path}.")
         if tmp.is_file():
             _fsync_file(tmp)
-        os.replace(tmp, path)
+        if tmp.is_dir() and path.is_dir() and not path.is_symlink():
+            # A folder cannot be renamed over a non-empty folder: move the old one aside,
+            # rename the new one in, then delete the old one (a crash in between leaves
+            # the old folder beside, never a half-written one in place).
+            old = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         if tmp.is_dir():
@@ -58,8 +67,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: object, *, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON (UTF-8, keys in the order given, trailing newline) atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+    """Write ``obj`` as JSON (UTF-8, keys in the order given, trailing newline) atomically.
+    Tensors and arrays are written as lists, paths as strings."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=_jsonable) + "\n")
+
+
+def _jsonable(value: object) -> object:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _fsync_file(path: Path) -> None:

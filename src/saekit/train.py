@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -136,6 +136,7 @@ def train(
     *,
     out: str | Path | None = None,
     resume: bool = True,
+    loggers: Sequence[Callable[[dict[str, float]], None]] = (),
     **options: Any,
 ) -> TrainResult:
     """Train ``sae`` on ``data`` and return it (in eval mode, reading raw activations).
@@ -144,7 +145,8 @@ def train(
     stream, or any iterable of [batch, d_in] tensors. options: fields of TrainConfig
     (steps, batch_size, lr, ...). With ``out``, checkpoints go to out/checkpoint and a
     JSONL log to out/train_log.jsonl; a run with a checkpoint there resumes from it
-    unless resume=False, which refuses to touch an existing run.
+    unless resume=False, which refuses to touch an existing run. ``loggers`` receive every
+    log entry on rank 0 (TensorBoard, W&B, ...: see saekit.loggers).
     """
     cfg = TrainConfig(**options)
     source = as_source(data)
@@ -164,6 +166,8 @@ def train(
     out = Path(out) if out is not None else None
     checkpoint_dir = out / "checkpoint" if out is not None else None
     log_path = out / "train_log.jsonl" if out is not None else None
+    if out is not None and ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
 
     start_step = 0
     if checkpoint_dir is not None and checkpoint_dir.exists():
@@ -219,6 +223,9 @@ def train(
             if ctx.is_main and log_path is not None:
                 with open(log_path, "a") as handle:
                     handle.write(json.dumps(entry) + "\n")
+            if ctx.is_main:
+                for logger in loggers:
+                    logger(entry)
             if progress is not None:
                 progress.set_postfix(loss=f"{entry['loss']:.4g}", L0=f"{entry['l0']:.1f}", EV=f"{entry['explained_variance']:.3f}")
         if progress is not None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,6 @@ META_COLUMNS = ("token_id", "doc_id", "position")
 STORE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 _NUMPY_OF = {"bfloat16": np.dtype("<i2"), "float32": np.dtype("<f4")}  # bf16 travels as its 16 bits
 _META_DTYPE = np.dtype("<i4")
-MAX_OPEN_SHARDS = 8
-"""Memory maps kept open at once; older ones are closed, so address space stays bounded."""
 
 
 class StoreError(ValueError):
@@ -164,7 +161,6 @@ class ActivationStore:
                         f"shard file {file} has {file.stat().st_size} bytes but the manifest implies {expected} "
                         f"({shard['rows']} rows); it is truncated or does not belong to this manifest. Harvest the store again."
                     )
-        self._maps: OrderedDict[tuple[int, str], np.memmap] = OrderedDict()
         self.activations = _Rows(self, "act")
         """[n_tokens, d_in] rows in the stored dtype, memory-mapped."""
         self.token_ids = _Rows(self, "tok", 0)
@@ -177,43 +173,44 @@ class ActivationStore:
     def __repr__(self) -> str:
         return f"ActivationStore({str(self.path)!r}, hook={self.hook!r}, n_tokens={self.n_tokens}, d_in={self.d_in}, dtype={self.manifest['dtype']})"
 
-    # -- memory maps
-    def _map(self, shard: int, kind: str) -> np.memmap:
-        key = (shard, kind)
-        if key in self._maps:
-            self._maps.move_to_end(key)
-            return self._maps[key]
+    # -- memory maps: each read maps just the rows it needs and drops the map afterwards,
+    # so the address space used stays at the size of one read whatever the store's size.
+    def _map(self, shard: int, kind: str, begin: int, end: int) -> np.memmap:
+        """Rows [begin, end) of one shard's file, memory-mapped read-only."""
         name = self.manifest["shards"][shard]["name"]
-        rows = self._shard_rows[shard]
         if kind == "act":
-            mapped = np.memmap(self.path / f"{name}.act", dtype=self._np_dtype, mode="r", shape=(rows, self.d_in))
+            dtype, width = self._np_dtype, self.d_in
         else:
-            mapped = np.memmap(self.path / f"{name}.tok", dtype=_META_DTYPE, mode="r", shape=(rows, len(META_COLUMNS)))
-        self._maps[key] = mapped
-        while len(self._maps) > MAX_OPEN_SHARDS:
-            self._maps.popitem(last=False)
-        return mapped
+            dtype, width = _META_DTYPE, len(META_COLUMNS)
+        return np.memmap(self.path / f"{name}.{kind}", dtype=dtype, mode="r", offset=begin * width * dtype.itemsize,
+                         shape=(end - begin, width))
+
+    def _empty(self, kind: str, rows: int) -> np.ndarray:
+        if kind == "act":
+            return np.empty((rows, self.d_in), dtype=self._np_dtype)
+        return np.empty((rows, len(META_COLUMNS)), dtype=_META_DTYPE)
 
     def _read_range(self, kind: str, begin: int, end: int) -> np.ndarray:
-        """Rows [begin, end) copied out of the maps."""
-        width = self.d_in if kind == "act" else len(META_COLUMNS)
-        out = np.empty((max(end - begin, 0), width), dtype=self._np_dtype if kind == "act" else _META_DTYPE)
+        """Rows [begin, end) copied out of the shards."""
+        out = self._empty(kind, max(end - begin, 0))
         row = begin
         while row < end:
             shard = int(np.searchsorted(self._offsets, row, side="right")) - 1
             stop = min(end, int(self._offsets[shard + 1]))
             base = int(self._offsets[shard])
-            out[row - begin : stop - begin] = self._map(shard, kind)[row - base : stop - base]
+            out[row - begin : stop - begin] = self._map(shard, kind, row - base, stop - base)
             row = stop
         return out
 
     def _read_rows(self, kind: str, index: np.ndarray) -> np.ndarray:
-        width = self.d_in if kind == "act" else len(META_COLUMNS)
-        out = np.empty((len(index), width), dtype=self._np_dtype if kind == "act" else _META_DTYPE)
+        """Rows at ``index`` (any order, repeats allowed) copied out of the shards."""
+        out = self._empty(kind, len(index))
         shards = np.searchsorted(self._offsets, index, side="right") - 1
         for shard in np.unique(shards):
             where = np.nonzero(shards == shard)[0]
-            out[where] = self._map(int(shard), kind)[index[where] - self._offsets[shard]]
+            local = index[where] - self._offsets[shard]
+            low = int(local.min())
+            out[where] = self._map(int(shard), kind, low, int(local.max()) + 1)[local - low]
         return out
 
     # -- checks

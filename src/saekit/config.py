@@ -1,0 +1,271 @@
+"""The configuration of a run (``saekit run CONFIG``): one dataclass per stage, composed
+into :class:`RunConfig`, read from TOML or YAML and validated before any work starts.
+
+Every field has its default here and its documentation right below it; ``saekit run
+--help`` and ``saekit config --show-defaults`` print both.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .dataclass_io import ConfigValueError, field_docs, from_dict
+from .sae.config import ARCHITECTURES, ConfigError, SAEConfig
+from .train import TrainConfig
+
+
+@dataclass
+class ModelSection:
+    name: str = "smollm2"
+    """The language model: "smollm2" (SmolLM2-135M-Instruct, embedded), "gemma3-270m"
+    (embedded), a .gguf file, a local Hugging Face folder, or a Hub id (needs the network)."""
+    hook: str = "layers.15.resid_post"
+    """Where in the model to read activations: layers.{L}.resid_pre, resid_post, attn_out,
+    mlp_out, or final_norm."""
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """dtype the model runs in; auto: bfloat16 on GPUs and on CPUs with native bf16."""
+    device: str = "auto"
+    """"cpu", "cuda", "cuda:1", or auto (cuda when available)."""
+
+
+@dataclass
+class CorpusSection:
+    path: str = "default"
+    """Texts: a folder of .txt/.md files, a text file, JSON Lines, Parquet, or a datasets
+    folder; "default" is the embedded corpus (Shakespeare's plays)."""
+    text_field: str | None = None
+    """The field holding the text in JSON Lines / Parquet / datasets input, where it is ambiguous."""
+    context_size: int = 128
+    """Tokens per context (BOS included)."""
+    pack: bool = True
+    """Pack documents into contexts back to back (false: one document per context, truncated)."""
+    exclude_special_tokens: bool = True
+    """Leave BOS/EOS/separators out of the activations used for training and statistics."""
+    held_out_fraction: float = 0.05
+    """Fraction of contexts held out for evaluation (never trained on)."""
+    seed: int = 0
+    """Seed of the train / held-out split."""
+
+    def __post_init__(self) -> None:
+        if self.context_size < 2:
+            raise ValueError(f"context_size must be at least 2, got {self.context_size}.")
+        if not 0 < self.held_out_fraction < 1:
+            raise ValueError(f"held_out_fraction must be in (0, 1), got {self.held_out_fraction}.")
+        if self.path != "default" and not Path(self.path).expanduser().exists():
+            raise ValueError(f"path: the corpus {self.path!r} does not exist; give an existing file or folder, or \"default\".")
+
+
+@dataclass
+class HarvestSection:
+    tokens: int = 400_000
+    """Training tokens of activations to harvest into the store."""
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """dtype of the stored activations (bf16: 2 bytes per value)."""
+    batch_contexts: int = 8
+    """Contexts per forward pass."""
+    shard_tokens: int = 65_536
+    """Rows per store shard."""
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "batch_contexts", "shard_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+
+
+@dataclass
+class SAESection:
+    arch: str = "topk"
+    """Architecture: relu, gated, jumprelu, topk or batchtopk."""
+    expansion: int = 8
+    """d_sae = expansion × d_in, unless d_sae is given."""
+    d_sae: int | None = None
+    """Number of features; overrides expansion."""
+    k: int | None = 32
+    """topk / batchtopk: active features per token. relu / gated / jumprelu given neither
+    target_l0 nor a coefficient train to L0 = k, so one knob sets every architecture's sparsity."""
+    target_l0: float | None = None
+    """relu / gated / jumprelu: train until this many features are active per token."""
+    l1_coefficient: float | None = None
+    """relu / gated: L1 coefficient (instead of target_l0)."""
+    l0_coefficient: float | None = None
+    """jumprelu: L0 coefficient (instead of target_l0)."""
+    fit_scale: bool = False
+    """Fit the per-feature scale vector s after training (the feature-suppression fix)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Further SAE options (fields of saekit.SAEConfig: decoder_norm, reconstruction_loss,
+    normalize_activations, aux_k, jumprelu_bandwidth, ...)."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}.")
+        if self.expansion < 1:
+            raise ValueError(f"expansion must be a positive integer, got {self.expansion}.")
+
+    def width(self, d_in: int) -> int:
+        return self.d_sae if self.d_sae is not None else self.expansion * d_in
+
+    def sae_options(self) -> dict[str, Any]:
+        """Keyword arguments of saekit.create for this section (fields that do not apply to
+        the architecture are left out, so one config can be swept across architectures)."""
+        options: dict[str, Any] = dict(self.options)
+        if self.arch in ("topk", "batchtopk"):
+            options["k"] = self.k
+        else:
+            coefficient = "l0_coefficient" if self.arch == "jumprelu" else "l1_coefficient"
+            value = getattr(self, coefficient)
+            if value is not None:
+                options[coefficient] = value
+            if self.target_l0 is not None:
+                options["target_l0"] = self.target_l0
+            elif value is None:
+                options["target_l0"] = float(self.k or 32)  # one sparsity knob for every architecture
+        return options
+
+    def check(self, d_in: int) -> SAEConfig:
+        """Validate against the model's width before any work starts."""
+        try:
+            return SAEConfig(arch=self.arch, d_in=d_in, d_sae=self.width(d_in), **self.sae_options())
+        except TypeError as error:
+            raise ConfigError(f"sae.options: {error}") from None
+
+
+@dataclass
+class EvaluateSection:
+    tokens: int = 16_384
+    """Held-out tokens for evaluation (cross-entropy with the SAE spliced in, activation metrics)."""
+    batch_contexts: int = 8
+    """Contexts per forward pass."""
+
+
+@dataclass
+class InterpretSection:
+    tokens: int = 200_000
+    """Tokens scanned for each feature's top-activating contexts."""
+    n_top: int = 20
+    """Top-activating contexts kept per feature."""
+    n_features: int | None = None
+    """Features shown in the dashboard (default: all)."""
+
+
+@dataclass
+class LoggingSection:
+    tensorboard: bool = False
+    """Also log training metrics to TensorBoard (RUN/tensorboard; needs the tensorboard package)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs wandb; set WANDB_MODE=offline to log without network)."""
+    wandb_project: str = "saekit"
+    """W&B project name."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    """The language model and the hook point."""
+    corpus: CorpusSection = field(default_factory=CorpusSection)
+    """The texts and how they become tokens."""
+    harvest: HarvestSection = field(default_factory=HarvestSection)
+    """The activation store."""
+    sae: SAESection = field(default_factory=SAESection)
+    """The sparse autoencoder."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The trainer (fields of saekit.train.TrainConfig)."""
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    """Evaluation on held-out text."""
+    interpret: InterpretSection = field(default_factory=InterpretSection)
+    """Feature statistics and the dashboard."""
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    """Where training metrics go besides RUN/train_log.jsonl."""
+
+    # ---- reading ------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> "RunConfig":
+        return from_dict(cls, data, where=where)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "RunConfig":
+        return cls.from_dict(read_config_file(path), where=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
+        """overrides: {"train.steps": 100, ...} -> a new, validated config."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, name = dotted.partition(".")
+            if section not in data or not name:
+                raise ConfigValueError(f"--{dotted}: no such config field; the sections are {sorted(data)}.")
+            data[section][name] = value
+        return RunConfig.from_dict(data, where="config with command-line overrides")
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+
+
+def section_classes() -> dict[str, type]:
+    import typing
+
+    hints = typing.get_type_hints(RunConfig)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigValueError(f"{path}: no such config file.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigValueError(f"{path}: not valid TOML: {error}") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigValueError(f"{path}: not valid YAML: {error}") from None
+        return data or {}
+    if path.suffix == ".json":
+        return json.loads(text)
+    raise ConfigValueError(f"{path}: a config is a .toml, .yaml/.yml or .json file.")
+
+
+def describe_config() -> str:
+    """Every field with its default and documentation, as a commented TOML file."""
+    lines = ["# saekit run configuration: every field, its default, and what it means."]
+    for section, cls in section_classes().items():
+        lines.append(f"\n[{section}]")
+        docs = field_docs(cls)
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            for doc_line in _wrap(docs.get(f.name, "")):
+                lines.append(f"# {doc_line}")
+            value = getattr(defaults, f.name)
+            # TOML has no null: an unset field is shown commented out.
+            lines.append(f"# {f.name} =  (unset)" if value is None else f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int = 88) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)

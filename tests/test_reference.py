@@ -1,0 +1,165 @@
+"""Every architecture's loss and gradients against a plain-PyTorch reference written
+here from the papers' formulas, on random inputs and random parameters."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import saekit
+
+D_IN, D_SAE, BATCH = 12, 40, 64
+
+
+def randomise(sae, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * (0.3 if name != "W_dec" else 1.0))
+        if hasattr(sae, "threshold") and isinstance(sae.threshold, torch.nn.Parameter):
+            sae.threshold.copy_(torch.rand(D_SAE, generator=generator) * 0.5)
+    return sae
+
+
+def params(sae):
+    return {name: p.detach().clone().requires_grad_(True) for name, p in sae.named_parameters()}
+
+
+def mse(x, x_hat):
+    return (x_hat - x).pow(2).sum(-1).mean()
+
+
+def reference_relu(p, x, lam, weighted):
+    f = torch.relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    x_hat = f @ p["W_dec"] + p["b_dec"]
+    penalty = (f * p["W_dec"].norm(dim=1)).sum(-1).mean() if weighted else f.abs().sum(-1).mean()
+    return mse(x, x_hat) + lam * penalty
+
+
+def reference_gated(p, x, lam):
+    centred = x - p["b_dec"]
+    pi_gate = centred @ p["W_enc"] + p["b_gate"]
+    W_mag = p["W_enc"] * torch.exp(p["r_mag"])  # weight sharing: W_mag = exp(r_mag) ⊙ W_gate
+    pi_mag = centred @ W_mag + p["b_mag"]
+    f = (pi_gate > 0).float() * torch.relu(pi_mag)
+    x_hat = f @ p["W_dec"] + p["b_dec"]
+    sparsity = (torch.relu(pi_gate) * p["W_dec"].norm(dim=1)).sum(-1).mean()
+    aux = mse(x, torch.relu(pi_gate) @ p["W_dec"].detach() + p["b_dec"].detach())
+    return mse(x, x_hat) + lam * sparsity + aux
+
+
+def reference_topk(p, x, k, dead, aux_k, aux_coefficient):
+    z = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    top = z.topk(k, dim=-1)
+    f = torch.zeros_like(z).scatter(-1, top.indices, torch.relu(top.values))
+    x_hat = f @ p["W_dec"] + p["b_dec"]
+    loss = mse(x, x_hat)
+    if dead.any():
+        residual = (x - x_hat).detach()
+        z_dead = torch.where(dead, z, torch.full_like(z, float("-inf")))
+        k_aux = min(aux_k, int(dead.sum()))
+        top_dead = z_dead.topk(k_aux, dim=-1)
+        f_aux = torch.zeros_like(z).scatter(-1, top_dead.indices, torch.relu(top_dead.values))
+        loss = loss + aux_coefficient * min(int(dead.sum()) / aux_k, 1.0) * mse(residual, f_aux @ p["W_dec"])
+    return loss
+
+
+def reference_batchtopk(p, x, k):
+    z = torch.relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    keep = z.flatten().topk(k * x.shape[0]).indices
+    mask = torch.zeros(z.numel(), dtype=torch.bool)
+    mask[keep] = True
+    f = z * mask.view_as(z)
+    return mse(x, f @ p["W_dec"] + p["b_dec"])
+
+
+def check_gradients(sae, reference_loss, x, exclude=()):
+    p = params(sae)
+    expected = reference_loss(p, x)
+    expected.backward()
+    sae.zero_grad()
+    actual = sae.loss(x).loss
+    actual.backward()
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    for name, param in sae.named_parameters():
+        if name in exclude:
+            continue
+        torch.testing.assert_close(param.grad, p[name].grad, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("decoder_norm", ["unit", "weighted"])
+def test_relu(decoder_norm):
+    sae = randomise(saekit.create("relu", d_in=D_IN, d_sae=D_SAE, l1_coefficient=0.7, decoder_norm=decoder_norm))
+    x = torch.randn(BATCH, D_IN)
+    check_gradients(sae, lambda p, x: reference_relu(p, x, 0.7, decoder_norm == "weighted"), x)
+
+
+def test_gated():
+    sae = randomise(saekit.create("gated", d_in=D_IN, d_sae=D_SAE, l1_coefficient=0.3))
+    check_gradients(sae, lambda p, x: reference_gated(p, x, 0.3), torch.randn(BATCH, D_IN))
+
+
+def test_jumprelu_loss_and_straight_through_gradients():
+    eps, lam = 0.5, 0.2
+    sae = randomise(saekit.create("jumprelu", d_in=D_IN, d_sae=D_SAE, l0_coefficient=lam, jumprelu_bandwidth=eps))
+    x = torch.randn(BATCH, D_IN)
+    p = params(sae)
+    theta = p["threshold"].detach()
+    z = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    gate = (z > theta).float()
+    f = z * gate
+    x_hat = f @ p["W_dec"] + p["b_dec"]
+    expected = mse(x, x_hat) + lam * gate.sum(-1).mean()
+    mse(x, x_hat).backward()  # every parameter but θ sees the ordinary gradient of the reconstruction
+
+    # θ by hand: K(u) = 1[|u| < 1/2]; ∂f/∂θ := −(θ/ε)K((z−θ)/ε), ∂H(z−θ)/∂θ := −(1/ε)K((z−θ)/ε)
+    z_value = z.detach()
+    kernel = ((z_value - theta) / eps).abs().lt(0.5).float()
+    grad_f = 2 * ((f @ p["W_dec"] + p["b_dec"] - x) @ p["W_dec"].t()).detach() / BATCH
+    expected_theta_grad = (grad_f * -(theta / eps) * kernel).sum(0) + lam * (-(1 / eps) * kernel).sum(0) / BATCH
+    assert kernel.sum() > 0, "the test must exercise the kernel"
+
+    actual = sae.loss(x).loss
+    actual.backward()
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.threshold.grad, expected_theta_grad, rtol=1e-4, atol=1e-5)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(sae, name).grad, p[name].grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_topk_with_auxk(with_dead):
+    sae = randomise(saekit.create("topk", d_in=D_IN, d_sae=D_SAE, k=5, aux_k=6, dead_tokens=100))
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    if with_dead:
+        dead[::3] = True
+        sae.tokens_since_fired[dead] = 1000
+    check_gradients(sae, lambda p, x: reference_topk(p, x, 5, dead, 6, 1 / 32), torch.randn(BATCH, D_IN))
+
+
+def test_batchtopk():
+    sae = randomise(saekit.create("batchtopk", d_in=D_IN, d_sae=D_SAE, k=5))
+    check_gradients(sae, lambda p, x: reference_batchtopk(p, x, 5), torch.randn(BATCH, D_IN))
+
+
+def test_batchtopk_inference_threshold_is_the_running_minimum():
+    sae = randomise(saekit.create("batchtopk", d_in=D_IN, d_sae=D_SAE, k=5, batchtopk_threshold_momentum=0.0))
+    x = torch.randn(BATCH, D_IN)
+    f = sae.loss(x).features
+    assert float(sae.threshold) == pytest.approx(float(f.detach()[f > 0].min()))
+    sae.eval()
+    z = sae.pre_activations(x)
+    torch.testing.assert_close(sae.encode(x), z * (z > sae.threshold).float())
+
+
+def test_unit_norm_projection_removes_the_parallel_gradient_and_renormalises():
+    sae = randomise(saekit.create("relu", d_in=D_IN, d_sae=D_SAE, l1_coefficient=0.1))
+    with torch.no_grad():
+        sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
+    sae.loss(torch.randn(BATCH, D_IN)).loss.backward()
+    sae.before_optimizer_step()
+    parallel = (sae.W_dec.grad * sae.W_dec).sum(1)
+    torch.testing.assert_close(parallel, torch.zeros(D_SAE), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        sae.W_dec -= 0.5 * sae.W_dec.grad
+    sae.after_optimizer_step()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(D_SAE))

@@ -1,0 +1,115 @@
+"""The trainer: exact resume, schedules, bf16 autocast, refusal to clobber a run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import saekit
+from saekit.data.source import TensorSource
+from saekit.data.synthetic import make_toy
+from saekit.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def toy_x():
+    torch.set_num_threads(1)
+    return make_toy(16, 48, expected_l0=3, seed=3).sample(8192, seed=4)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAfter(TensorSource):
+    """The training stream (seed 0) raises after `limit` batches, as a crash or ^C would."""
+
+    def __init__(self, x, limit):
+        super().__init__(x)
+        self.limit = limit
+
+    def batches(self, batch_size, *, seed=0, **kw):
+        for served, batch in enumerate(super().batches(batch_size, seed=seed, **kw)):
+            if seed == 0 and served == self.limit:
+                raise Interrupted
+            yield batch
+
+
+RESUME_CASES = {
+    "topk": {"k": 3, "dead_tokens": 2000},  # AuxK and dead-latent counters
+    "jumprelu": {"target_l0": 3},  # the controller's coefficient
+    "batchtopk": {"k": 3},  # the running threshold
+    "gated": {"l1_coefficient": 0.5},
+}
+
+
+@pytest.mark.parametrize("arch", list(RESUME_CASES))
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, toy_x, arch):
+    options = dict(steps=60, batch_size=256, lr=3e-3, precision="float32", progress=False, checkpoint_every=20, log_every=10)
+    whole = saekit.train(saekit.create(arch, d_in=16, d_sae=64, seed=1, **RESUME_CASES[arch]), toy_x, out=tmp_path / "a", **options)
+
+    with pytest.raises(Interrupted):
+        # Interrupted after 45 steps: the resume restarts from the checkpoint of step 40.
+        saekit.train(saekit.create(arch, d_in=16, d_sae=64, seed=1, **RESUME_CASES[arch]),
+                     InterruptAfter(toy_x, limit=45), out=tmp_path / "b", **options)
+    state = json.loads((tmp_path / "b" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 40
+    resumed = saekit.train(saekit.create(arch, d_in=16, d_sae=64, seed=99, **RESUME_CASES[arch]), toy_x,
+                           out=tmp_path / "b", **options)
+    for name, tensor in whole.sae.state_for_save().items():
+        torch.testing.assert_close(resumed.sae.state_for_save()[name], tensor, rtol=0, atol=0, msg=name)
+    log_a = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(line) for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log_b] == [entry["step"] for entry in log_a] == list(range(10, 61, 10))
+
+
+def test_a_finished_run_is_not_touched_without_resume(tmp_path, toy_x):
+    options = dict(steps=5, batch_size=256, progress=False)
+    saekit.train(saekit.create("topk", d_in=16, d_sae=32, k=2), toy_x, out=tmp_path, **options)
+    with pytest.raises(FileExistsError, match="resume=True"):
+        saekit.train(saekit.create("topk", d_in=16, d_sae=32, k=2), toy_x, out=tmp_path, resume=False, **options)
+    with pytest.raises(ValueError, match="batch_size=256 but this run asks for batch_size=128"):
+        saekit.train(saekit.create("topk", d_in=16, d_sae=32, k=2), toy_x, out=tmp_path, **{**options, "batch_size": 128})
+
+
+def test_schedules():
+    cfg = TrainConfig(steps=100, lr=1.0, lr_warmup_fraction=0.1, lr_decay_start=0.8, sparsity_warmup_fraction=0.2)
+    assert cfg.lr_at(0) == pytest.approx(0.1) and cfg.lr_at(9) == pytest.approx(1.0)
+    assert cfg.lr_at(50) == 1.0 and cfg.lr_at(90) == pytest.approx(0.5) and cfg.lr_at(99) == pytest.approx(0.05)
+    assert cfg.sparsity_scale_at(0) == pytest.approx(0.05) and cfg.sparsity_scale_at(19) == 1.0
+    with pytest.raises(ValueError, match="lr must be"):
+        TrainConfig(lr=-1)
+
+
+def test_wrong_width_is_a_clear_error(toy_x):
+    with pytest.raises(ValueError, match="d_in=16 but the SAE was made for d_in=20"):
+        saekit.train(saekit.create("topk", d_in=20, d_sae=32, k=2), toy_x, steps=1, progress=False)
+
+
+def test_activation_scale_is_folded_into_the_weights(toy_x):
+    raw = toy_x * 37.0  # far from the √d_in mean norm the trainer works at
+    result = saekit.train(saekit.create("topk", d_in=16, d_sae=64, k=3), raw, steps=200, batch_size=256, lr=3e-3,
+                          precision="float32", progress=False)
+    expected_scale = 16 ** 0.5 / float(raw.norm(dim=1).mean())
+    assert result.activation_scale == pytest.approx(expected_scale, rel=0.05)
+    assert result.sae.cfg.activation_scale == pytest.approx(result.activation_scale)
+    metrics = saekit.evaluate(result.sae, raw)  # the saved SAE reads raw activations
+    assert metrics["explained_variance"] > 0.7
+
+
+def test_bf16_autocast_matches_float32_quality(toy_x):
+    options = dict(steps=300, batch_size=512, lr=3e-3, progress=False)
+    ev = {}
+    for precision in ("float32", "bfloat16"):
+        sae = saekit.train(saekit.create("topk", d_in=16, d_sae=64, k=3, seed=2), toy_x, precision=precision, **options).sae
+        assert sae.W_dec.dtype == torch.float32  # master weights stay float32
+        ev[precision] = saekit.evaluate(sae, toy_x)["explained_variance"]
+    assert ev["bfloat16"] == pytest.approx(ev["float32"], abs=0.01)
+
+
+def test_trains_from_any_iterable_of_batches(toy_x):
+    batches = [toy_x[i : i + 100] for i in range(0, 8000, 100)]  # uneven chunks, re-cut to the batch size
+    result = saekit.train(saekit.create("topk", d_in=16, d_sae=64, k=3), batches, steps=100, batch_size=256,
+                          lr=3e-3, progress=False)
+    assert saekit.evaluate(result.sae, toy_x)["explained_variance"] > 0.5

@@ -61,9 +61,9 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def _collective(self, what: str, op, *args, **kwargs) -> None:
+    def _collective(self, what: str, function, *args, **kwargs) -> None:
         try:
-            op(*args, **kwargs)
+            function(*args, **kwargs)
         except RuntimeError as error:  # DistBackendError, gloo/nccl errors, timeouts
             raise DistributedError(
                 f"rank {self.rank} of {self.world_size}: the {what} across ranks failed ({str(error).strip()[:300]}). "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.source import as_source
-from .distributed import DistContext
+from .distributed import DistContext, DistributedError
 from .sae.base import SparseAutoencoder
 
 
@@ -126,7 +127,8 @@ def bf16_supported(device: torch.device) -> bool:
 
 def default_device(ctx: DistContext) -> torch.device:
     if torch.cuda.is_available():
-        return torch.device("cuda", ctx.rank % torch.cuda.device_count())
+        # Under torchrun, the node-local rank picks the GPU (init_distributed_from_env has set it).
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", ctx.rank)) % torch.cuda.device_count())
     return torch.device("cpu")
 
 
@@ -136,7 +138,6 @@ def train(
     *,
     out: str | Path | None = None,
     resume: bool = True,
-    loggers: Sequence[Callable[[dict[str, float]], None]] = (),
     **options: Any,
 ) -> TrainResult:
     """Train ``sae`` on ``data`` and return it (in eval mode, reading raw activations).
@@ -145,59 +146,121 @@ def train(
     stream, or any iterable of [batch, d_in] tensors. options: fields of TrainConfig
     (steps, batch_size, lr, ...). With ``out``, checkpoints go to out/checkpoint and a
     JSONL log to out/train_log.jsonl; a run with a checkpoint there resumes from it
-    unless resume=False, which refuses to touch an existing run. ``loggers`` receive every
-    log entry on rank 0 (TensorBoard, W&B, ...: see saekit.loggers).
+    unless resume=False, which refuses to touch an existing run.
+
+    Under an initialised torch.distributed process group (``torchrun``) the run is
+    data-parallel: every rank calls train() alike and reads its share of each global batch.
     """
-    cfg = TrainConfig(**options)
-    source = as_source(data)
-    if source.d_in != sae.d_in:
-        raise ValueError(
-            f"the data has d_in={source.d_in} but the SAE was made for d_in={sae.d_in}; "
-            f"create the SAE with d_in={source.d_in} or train it on activations of width {sae.d_in}."
-        )
-    ctx = DistContext.current()
-    device = torch.device(cfg.device) if cfg.device else default_device(ctx)
-    use_bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and bf16_supported(device))
-    if cfg.batch_size % ctx.world_size:
-        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the world size {ctx.world_size}.")
+    trainer = Trainer(sae, data, out=out, resume=resume, **options)
+    batches = trainer.batches()
+    while not trainer.done:
+        trainer.step(next(batches))
+    return trainer.finish()
 
-    sae.to(device).train()
-    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
-    out = Path(out) if out is not None else None
-    checkpoint_dir = out / "checkpoint" if out is not None else None
-    log_path = out / "train_log.jsonl" if out is not None else None
-    if out is not None and ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
 
-    start_step = 0
-    if checkpoint_dir is not None and checkpoint_dir.exists():
-        if not resume:
-            raise FileExistsError(
-                f"{out} already holds a training run; pass resume=True to continue it or choose another folder."
+class Trainer:
+    """One SAE's training, a step at a time. ``train`` drives one; ``multi_train`` drives
+    several in lockstep from one stream of model activations.
+
+    ``ctx`` is the data-parallel group: by default the initialised process group (or a
+    single process); ``DistContext()`` trains on this process alone even under torchrun.
+    """
+
+    def __init__(
+        self,
+        sae: SparseAutoencoder,
+        data,
+        *,
+        out: str | Path | None = None,
+        resume: bool = True,
+        ctx: DistContext | None = None,
+        **options: Any,
+    ) -> None:
+        cfg = self.cfg = TrainConfig(**options)
+        source = self.source = as_source(data)
+        if source.d_in != sae.d_in:
+            raise ValueError(
+                f"the data has d_in={source.d_in} but the SAE was made for d_in={sae.d_in}; "
+                f"create the SAE with d_in={source.d_in} or train it on activations of width {sae.d_in}."
             )
-        state = load_checkpoint(checkpoint_dir, sae, optimizer)
-        _check_resumable(state, cfg, checkpoint_dir)
-        start_step, scale = state["step"], state["activation_scale"]
-        _truncate_log(log_path, start_step)
-    else:
-        scale = _prepare(sae, source, cfg, ctx, device)
+        ctx = self.ctx = ctx if ctx is not None else DistContext.current()
+        device = self.device = torch.device(cfg.device) if cfg.device else default_device(ctx)
+        self.use_bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and bf16_supported(device))
+        if cfg.batch_size % ctx.world_size:
+            raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the world size {ctx.world_size}.")
 
-    target_l0 = sae.cfg.target_l0 if sae.coefficient_name is not None else None
-    checkpoint_every = cfg.checkpoint_every or max(1, cfg.steps // 10)
-    per_rank = cfg.batch_size // ctx.world_size
-    batches = source.batches(cfg.batch_size, seed=cfg.seed, start=start_step, rank=ctx.rank, world_size=ctx.world_size)
-    history: list[dict[str, float]] = []
-    progress = _progress_bar(cfg, ctx, start_step)
-    started = time.perf_counter()
+        self.sae = sae
+        sae.to(device).train()
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+        self.out = Path(out) if out is not None else None
+        self.checkpoint_dir = self.out / "checkpoint" if self.out is not None else None
+        self.log_path = self.out / "train_log.jsonl" if self.out is not None else None
+        if self.out is not None and ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
 
-    for step in range(start_step, cfg.steps):
-        x = next(batches).to(device, non_blocking=True)
-        if x.shape[0] != per_rank:
-            raise ValueError(f"the data source gave a batch of {x.shape[0]} rows where {per_rank} were asked for.")
-        x = x * scale
+        self.step_index, self.scale = self._start(resume)
+        self.target_l0 = sae.cfg.target_l0 if sae.coefficient_name is not None else None
+        self.checkpoint_every = cfg.checkpoint_every or max(1, cfg.steps // 10)
+        self.per_rank = cfg.batch_size // ctx.world_size
+        self.history: list[dict[str, float]] = []
+        self.progress = _progress_bar(cfg, ctx, self.step_index)
+        self.started = time.perf_counter()
+
+    def _start(self, resume: bool) -> tuple[int, float]:
+        """(first step, activation scale): from the checkpoint in ``out`` if there is one,
+        else after estimating the scale. Rank 0 alone reads the checkpoint and sends what
+        it holds to the other ranks, which therefore need not see its disk."""
+        ctx, sae = self.ctx, self.sae
+        resumed, step, scale, error = False, 0, 1.0, None
+        if ctx.is_main and self.checkpoint_dir is not None and self.checkpoint_dir.exists():
+            try:
+                if not resume:
+                    raise FileExistsError(
+                        f"{self.out} already holds a training run; pass resume=True to continue it or choose another folder."
+                    )
+                state = load_checkpoint(self.checkpoint_dir, sae, self.optimizer)
+                _check_resumable(state, self.cfg, self.checkpoint_dir)
+                resumed, step, scale = True, state["step"], state["activation_scale"]
+                _truncate_log(self.log_path, step)
+            except Exception as caught:  # re-raised below, once the other ranks know to stop
+                error = caught
+        if ctx.enabled:
+            decision = torch.tensor([error is not None, resumed, step, scale], dtype=torch.float64, device=self.device)
+            ctx.broadcast_(decision)
+            failed, resumed, step, scale = bool(decision[0]), bool(decision[1]), int(decision[2]), float(decision[3])
+            if failed and error is None:
+                raise DistributedError(f"rank {ctx.rank}: rank 0 could not resume the run in {self.out}; its log says why.")
+        if error is not None:
+            raise error
+        if resumed:
+            # The checkpoint holds the SAE before its scale is folded in.
+            sae.cfg.activation_scale = 1.0
+            ctx.broadcast_module_(sae)
+            ctx.broadcast_adam_state_(self.optimizer)
+            return step, scale
+        ctx.broadcast_module_(sae)  # every rank starts from rank 0's weights, as DDP does
+        return 0, _prepare(sae, self.source, self.cfg, ctx, self.device)
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= self.cfg.steps
+
+    def batches(self) -> Iterator[Tensor]:
+        """This rank's share of the global batches still to train on."""
+        cfg, ctx = self.cfg, self.ctx
+        return self.source.batches(cfg.batch_size, seed=cfg.seed, start=self.step_index, rank=ctx.rank,
+                                   world_size=ctx.world_size)
+
+    def step(self, x: Tensor) -> None:
+        """One optimiser step on x: [batch_size // world_size, d_in] raw activations."""
+        cfg, ctx, sae, optimizer, step = self.cfg, self.ctx, self.sae, self.optimizer, self.step_index
+        x = x.to(self.device, non_blocking=True)
+        if x.shape[0] != self.per_rank:
+            raise ValueError(f"the data source gave a batch of {x.shape[0]} rows where {self.per_rank} were asked for.")
+        x = x * self.scale
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(step)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             output = sae.loss(x, sparsity_scale=cfg.sparsity_scale_at(step))
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
@@ -211,41 +274,45 @@ def train(
         with torch.no_grad():
             active = output.features > 0
             sae.update_firing(ctx.any_(active.any(0)), cfg.batch_size)
-            if target_l0 is not None and cfg.sparsity_scale_at(step) == 1.0:
+            if self.target_l0 is not None and cfg.sparsity_scale_at(step) == 1.0:
                 l0 = ctx.mean_(active.sum(-1).float().mean())
-                error = torch.log((l0 + 1) / (target_l0 + 1)).clamp(-1, 1)
+                error = torch.log((l0 + 1) / (self.target_l0 + 1)).clamp(-1, 1)
                 sae.sparsity_coefficient.mul_(torch.exp(cfg.l0_controller_gain * error))
 
-        last = step + 1 == cfg.steps
-        if (step + 1) % cfg.log_every == 0 or last:
-            entry = _log_entry(step + 1, sae, output, x, active, cfg, ctx)
-            history.append(entry)
-            if ctx.is_main and log_path is not None:
-                with open(log_path, "a") as handle:
+        self.step_index = step = step + 1
+        last = step == cfg.steps
+        if step % cfg.log_every == 0 or last:
+            entry = _log_entry(step, sae, output, x, active, cfg, ctx)
+            self.history.append(entry)
+            if ctx.is_main and self.log_path is not None:
+                with open(self.log_path, "a") as handle:
                     handle.write(json.dumps(entry) + "\n")
+            if self.progress is not None:
+                self.progress.set_postfix(loss=f"{entry['loss']:.4g}", L0=f"{entry['l0']:.1f}",
+                                          EV=f"{entry['explained_variance']:.3f}")
+        if self.progress is not None:
+            self.progress.update(1)
+        if self.checkpoint_dir is not None and (step % self.checkpoint_every == 0 or last):
             if ctx.is_main:
-                for logger in loggers:
-                    logger(entry)
-            if progress is not None:
-                progress.set_postfix(loss=f"{entry['loss']:.4g}", L0=f"{entry['l0']:.1f}", EV=f"{entry['explained_variance']:.3f}")
-        if progress is not None:
-            progress.update(1)
-        if checkpoint_dir is not None and ((step + 1) % checkpoint_every == 0 or last):
-            if ctx.is_main:
-                state = {"step": step + 1, "activation_scale": scale, "train_config": _jsonable_config(cfg)}
-                save_checkpoint(checkpoint_dir, sae, optimizer, state)
+                state = {"step": step, "activation_scale": self.scale, "train_config": _jsonable_config(cfg)}
+                save_checkpoint(self.checkpoint_dir, sae, optimizer, state)
             ctx.barrier()
 
-    if progress is not None:
-        progress.close()
-    seconds = time.perf_counter() - started
-    sae.fold_activation_scale(scale)
-    sae.cfg.provenance.update(
-        steps=cfg.steps, tokens=cfg.steps * cfg.batch_size, seed=cfg.seed, lr=cfg.lr, world_size=ctx.world_size,
-        precision="bfloat16" if use_bf16 else "float32",
-    )
-    sae.eval()
-    return TrainResult(sae, cfg.steps, cfg.steps * cfg.batch_size, scale, seconds, history)
+    def finish(self) -> TrainResult:
+        """After the last step: fold the activation scale into the weights, record provenance."""
+        cfg, sae = self.cfg, self.sae
+        if not self.done:
+            raise RuntimeError(f"finish() called after {self.step_index} of {cfg.steps} steps.")
+        if self.progress is not None:
+            self.progress.close()
+        seconds = time.perf_counter() - self.started
+        sae.fold_activation_scale(self.scale)
+        sae.cfg.provenance.update(
+            steps=cfg.steps, tokens=cfg.steps * cfg.batch_size, seed=cfg.seed, lr=cfg.lr, world_size=self.ctx.world_size,
+            precision="bfloat16" if self.use_bf16 else "float32",
+        )
+        sae.eval()
+        return TrainResult(sae, cfg.steps, cfg.steps * cfg.batch_size, self.scale, seconds, self.history)
 
 
 def _prepare(sae: SparseAutoencoder, source, cfg: TrainConfig, ctx: DistContext, device: torch.device) -> float:
@@ -284,20 +351,26 @@ def _sample(source, cfg: TrainConfig, ctx: DistContext) -> Tensor:
 
 @torch.no_grad()
 def _log_entry(step, sae, output, x, active, cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
-    residual = (output.x_hat.float() - x.float()).pow(2).sum()
-    total = (x.float() - x.float().mean(0)).pow(2).sum()
-    stats = torch.stack([output.loss.detach().float(), residual, total, active.sum(-1).float().mean()])
-    stats = ctx.mean_(stats)
+    """Global numbers: each rank's sums (and means of its equal share) reduced over ranks, in float64."""
+    wide = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+    x64 = x.to(wide)
+    names = list(output.parts)
+    means = [output.loss.detach(), active.sum(-1).float().mean(), *(output.parts[name].detach() for name in names)]
+    sums = [(output.x_hat.to(wide) - x64).pow(2).sum(), x64.pow(2).sum()]
+    stats = ctx.sum_(torch.cat([torch.stack([m.to(wide) for m in means] + sums), x64.sum(0)]))
+    n_means, n_tokens = len(means), x.shape[0] * ctx.world_size
+    means, (residual, square), column_sums = stats[:n_means] / ctx.world_size, stats[n_means : n_means + 2], stats[n_means + 2 :]
+    total = square - column_sums.pow(2).sum() / n_tokens  # Σ‖x − x̄‖²
     entry = {
         "step": step,
-        "loss": float(stats[0]),
-        "l0": float(stats[3]),
-        "explained_variance": float(1 - stats[1] / stats[2]),
+        "loss": float(means[0]),
+        "l0": float(means[1]),
+        "explained_variance": float(1 - residual / total),
         "dead_fraction": float(sae.dead_mask().float().mean()),
         "lr": cfg.lr_at(step - 1),
     }
-    for name, value in output.parts.items():
-        entry[name] = float(value.detach())
+    for name, value in zip(names, means[2:]):
+        entry[name] = float(value)
     if hasattr(sae, "sparsity_coefficient"):
         entry["coefficient"] = float(sae.sparsity_coefficient)
     return entry

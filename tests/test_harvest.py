@@ -1,0 +1,124 @@
+"""Harvesting real SmolLM2 activations into stores, resuming, live streams, and the
+end-to-end path corpus → activations → SAE (slow: loads the embedded model)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import saekit.data.harvest as harvest_module
+from saekit.data.buffer import LiveActivations
+from saekit.data.corpus import default_corpus_path, read_documents, tokenize
+from saekit.data.harvest import harvest
+from saekit.data.model import capture, load_model
+from saekit.data.store import open_store
+
+pytestmark = pytest.mark.slow
+HOOK = "layers.15.resid_post"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2")
+
+
+@pytest.fixture(scope="module")
+def documents():
+    return read_documents(default_corpus_path())
+
+
+@pytest.fixture(scope="module")
+def corpus(smollm2, documents):
+    return tokenize(documents, smollm2.tokenizer, context_size=64, max_contexts=12)
+
+
+def test_store_holds_the_models_activations(smollm2, corpus, tmp_path):
+    store = harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=256, batch_contexts=3, progress=False)
+    mask = corpus.train_mask
+    assert store.n_tokens == corpus.n_tokens == int(mask.sum()) and store.d_in == 576
+    with torch.no_grad():
+        hidden = smollm2.model(corpus.tokens, output_hidden_states=True).hidden_states[16]
+    assert torch.equal(store.activations[:], hidden[mask].to(torch.bfloat16))
+    assert torch.equal(store.token_ids[:], corpus.tokens[mask])
+    assert torch.equal(store.doc_ids[:], corpus.doc_ids[mask].long())
+    assert torch.equal(store.positions[:], corpus.positions[mask].long())
+    store.verify()
+
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["model"] == "smollm2" and manifest["hook"] == HOOK
+    assert (manifest["dtype"], manifest["d_in"], manifest["context_size"]) == ("bfloat16", 576, 64)
+    assert manifest["corpus_fingerprint"] == corpus.fingerprint and manifest["tokenizer"]
+    assert manifest["n_shards"] == len(manifest["shards"]) == 3  # 4 contexts a shard
+    assert all(len(s["sha256"]["act"]) == 64 for s in manifest["shards"])
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "s").glob("shard-*"))
+    assert on_disk == store.n_tokens * (2 * 576 + 12)  # bf16 rows + three int32 per row
+
+    with pytest.raises(FileExistsError, match="overwrite"):
+        harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=256, progress=False)
+
+
+def test_several_hooks_in_one_pass_and_max_tokens(smollm2, corpus, tmp_path):
+    hooks = ["layers.2.attn_out", "layers.2.resid_pre", "layers.5.mlp_out"]
+    stores = harvest(smollm2, corpus, hooks, tmp_path / "multi", max_tokens=300, dtype="float32", progress=False)
+    assert set(stores) == set(hooks)
+    per_context = corpus.train_mask.sum(1).cumsum(0)
+    n = int(torch.searchsorted(per_context, 300)) + 1  # contexts needed for 300 rows
+    expected = capture(smollm2, corpus.tokens[:n], hooks)
+    mask = corpus.train_mask[:n].clone()
+    last = mask[n - 1]
+    last[last.nonzero().flatten()[300 - int(mask[: n - 1].sum()) :]] = False  # cut at 300 rows
+    for hook in hooks:
+        store = open_store(tmp_path / "multi" / hook)
+        assert store.n_tokens == 300 and store.dtype == torch.float32
+        assert torch.equal(store.activations[:], expected[hook][mask].float())
+
+
+def test_interrupted_harvest_resumes_where_it_stopped(smollm2, corpus, tmp_path, monkeypatch):
+    reference = harvest(smollm2, corpus, HOOK, tmp_path / "ref", shard_tokens=256, batch_contexts=2, progress=False)
+    calls = {"n": 0}
+    real_capture = harvest_module.capture
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # shard 0 = contexts 0-3 = 2 calls; fail inside shard 1
+            raise KeyboardInterrupt
+        return real_capture(*args, **kwargs)
+
+    monkeypatch.setattr(harvest_module, "capture", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=256, batch_contexts=2, progress=False)
+    with pytest.raises(ValueError, match="resume"):
+        open_store(tmp_path / "s")
+    calls["n"] = 100
+    resumed = harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=256, batch_contexts=2, progress=False)
+    assert calls["n"] == 100 + 4  # shards 1 and 2 only: shard 0 was kept
+    assert torch.equal(resumed.activations[:], reference.activations[:])
+    ref_manifest = json.loads((tmp_path / "ref" / "manifest.json").read_text())
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["shards"] == ref_manifest["shards"]
+
+
+def test_live_activations_match_the_store(smollm2, corpus, tmp_path):
+    store = harvest(smollm2, corpus, HOOK, tmp_path / "s", progress=False)
+    live = LiveActivations(smollm2, corpus, HOOK, contexts_per_chunk=4, window_chunks=2)
+    assert live.d_in == 576 and live.n_tokens == store.n_tokens
+    rows = torch.cat(list(live.iterate_once(100)))
+    assert torch.equal(rows, store.activations[:].float())
+    one = [next(b) for b in [live.batches(64, seed=3)] for _ in range(3)]
+    two = [live.batches(64, seed=3, rank=r, world_size=2) for r in range(2)]
+    for batch in one:
+        assert batch.dtype == torch.float32
+        assert torch.equal(torch.cat([next(b) for b in two]), batch)
+
+
+def test_end_to_end_topk_sae_explains_held_out_activations(smollm2, documents, tmp_path):
+    import saekit
+
+    corpus = tokenize(documents, smollm2.tokenizer, context_size=128, max_contexts=160)
+    train, held_out = corpus.split(0.2, seed=0)
+    train_store = harvest(smollm2, train, HOOK, tmp_path / "train", progress=False)
+    held_store = harvest(smollm2, held_out, HOOK, tmp_path / "held_out", progress=False)
+    sae = saekit.create("topk", d_in=train_store.d_in, d_sae=4 * train_store.d_in, k=32)
+    saekit.train(sae, saekit.open_store(tmp_path / "train"), steps=150, batch_size=1024, progress=False)
+    metrics = saekit.evaluate(sae, held_store)
+    assert metrics["explained_variance"] > 0.5, metrics

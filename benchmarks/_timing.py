@@ -17,8 +17,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -52,6 +54,21 @@ def reset_peak_rss() -> None:
         ) from error
 
 
+_PRESSURE = Path("/proc/pressure/cpu")
+
+
+def cpu_stall_us() -> int | None:
+    """Microseconds, since boot, in which some runnable task on this machine waited for a
+    CPU (Linux PSI, /proc/pressure/cpu "some total"); None where PSI is unavailable.
+    Its growth over a timed window, divided by the window, is the share of that window
+    the machine was oversubscribed: ~0 on an idle machine, near 1 when a neighbour is busy."""
+    try:
+        match = re.search(r"^some .*total=(\d+)", _PRESSURE.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
 @dataclass
 class StepTiming:
     """Seconds per step of the timed (post-warm-up) steps, and memory around them."""
@@ -62,7 +79,11 @@ class StepTiming:
     """Resident memory just before the first timed step (model, optimiser state, data)."""
     peak_mb: float
     """Highest resident memory reached during the timed steps (absolute)."""
-    extra: dict = field(default_factory=dict)
+    cpu_util: float
+    """Process CPU time ÷ (wall time × torch threads) over the timed steps; below ~0.8 on a
+    step that is mostly large matmuls means the process did not get its cores."""
+    cpu_stall: float | None
+    """Share of the timed wall time in which some task waited for a CPU (PSI); None without PSI."""
 
     @property
     def median_s(self) -> float:
@@ -88,11 +109,18 @@ def time_steps(step: Callable[[int], object], warmup: int = 3, steps: int = 10) 
     rss_before = rss_mb()
     reset_peak_rss()
     seconds = []
+    stall_start, cpu_start, wall_start = cpu_stall_us(), time.process_time(), time.perf_counter()
     for i in range(warmup, warmup + steps):
         start = time.perf_counter()
         step(i)
         seconds.append(time.perf_counter() - start)
-    return StepTiming(seconds=seconds, rss_before_mb=rss_before, peak_mb=peak_rss_mb())
+    wall = time.perf_counter() - wall_start
+    cpu_util = (time.process_time() - cpu_start) / (wall * torch.get_num_threads())
+    stall_end = cpu_stall_us()
+    cpu_stall = None if stall_start is None or stall_end is None else (stall_end - stall_start) / 1e6 / wall
+    return StepTiming(
+        seconds=seconds, rss_before_mb=rss_before, peak_mb=peak_rss_mb(), cpu_util=cpu_util, cpu_stall=cpu_stall
+    )
 
 
 def sae_step_flops(batch: int, d_in: int, d_sae: int) -> float:

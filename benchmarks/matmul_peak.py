@@ -17,7 +17,6 @@ tokens/s a training step could reach if it did nothing but these matmuls.
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
@@ -41,7 +40,8 @@ def _shapes(batch: int, d_in: int, d_sae: int) -> dict[str, tuple[tuple[int, int
 
 
 def _time_matmul(a: torch.Tensor, b: torch.Tensor, repeats: int) -> float:
-    """Median seconds of ``a @ b`` over ``repeats`` runs after two warm-up runs."""
+    """Fastest of ``repeats`` runs of ``a @ b`` after two warm-up runs: a peak is the best
+    the machine does, and the fastest run is the one least disturbed by neighbours."""
     for _ in range(2):
         a @ b
     seconds = []
@@ -49,10 +49,10 @@ def _time_matmul(a: torch.Tensor, b: torch.Tensor, repeats: int) -> float:
         start = time.perf_counter()
         a @ b
         seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    return min(seconds)
 
 
-def measure_matmuls(batch: int = 4096, d_in: int = 576, d_sae: int = 9216, repeats: int = 5) -> list[dict]:
+def measure_matmuls(batch: int = 4096, d_in: int = 576, d_sae: int = 9216, repeats: int = 7) -> list[dict]:
     """One row per shape: GFLOP/s for each dtype, plus the SAE-step row."""
     rows = []
     step_seconds = {name: 0.0 for name in DTYPES}
@@ -79,7 +79,7 @@ def measure_matmuls(batch: int = 4096, d_in: int = 576, d_sae: int = 9216, repea
     return rows
 
 
-def measure_peak(batch: int = 4096, d_in: int = 576, d_sae: int = 9216, repeats: int = 5) -> dict[str, float]:
+def measure_peak(batch: int = 4096, d_in: int = 576, d_sae: int = 9216, repeats: int = 7) -> dict[str, float]:
     """This machine's matmul peak in GFLOP/s: {"fp32": ..., "bf16": ...}, the best over
     the square and SAE shapes, plus {"fp32_step_tokens_per_s", "bf16_step_tokens_per_s"}:
     the tokens/s of a step that did only its five matmuls."""

@@ -333,36 +333,41 @@ def measure(
         "step_mb": timing.step_mb,
         "rss_peak_mb": timing.peak_mb,
         "median_s": timing.median_s,
+        "cpu_util": timing.cpu_util,
+        "cpu_stall": timing.cpu_stall,
         "seconds": timing.seconds,
         "dtype": flops_dtype,
         "threads": torch.get_num_threads(),
     }
 
 
-def _worker(name: str, target: str | None, cfg: BenchConfig, build_kwargs: dict) -> dict:
+def _worker(name: str, target: str | None, cfg: BenchConfig, build_kwargs: dict, dtype: str) -> dict:
     if target is None:
         peer = PEERS[name]
         result = measure(peer.build, cfg, imports=peer.imports, flops_dtype=peer.dtype)
         result.update(version=_library_version(peer.library), note=peer.note or None)
     else:
-        result = measure(_resolve(target), cfg, **build_kwargs)
+        result = measure(_resolve(target), cfg, flops_dtype=dtype, **build_kwargs)
     return result
 
 
-def run_isolated(name: str, *, target: str | None = None, timeout: float = 900, build_kwargs: dict | None = None, **config) -> dict:
+def run_isolated(
+    name: str, *, target: str | None = None, build_kwargs: dict | None = None, dtype: str = "fp32", timeout: float = 900, **config
+) -> dict:
     """Measure one configuration in a fresh Python process (this interpreter) and return
     its result dict (see ``measure``) with "name" added.
 
     ``name`` is a key of PEERS, or any label when ``target`` ("module:function", importable
     from benchmarks/) names a builder ``function(cfg: BenchConfig, **build_kwargs) -> StepFn``
-    — how the main benchmark times saekit's own configurations the same way. ``config``
+    — how the main benchmark times saekit's own configurations the same way; ``dtype``
+    ("fp32"/"bf16") then says which matmul peak the row is read against. ``config``
     overrides BenchConfig fields (steps=..., warmup=..., k=...)."""
     if target is None and name not in PEERS:
         raise KeyError(f"unknown configuration {name!r}; known: {', '.join(PEERS)} (or pass target='module:function').")
     cfg = BenchConfig(**config)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        request = {"name": name, "target": target, "config": dataclasses.asdict(cfg), "build_kwargs": build_kwargs or {}}
+        request = {"name": name, "target": target, "config": dataclasses.asdict(cfg), "build_kwargs": build_kwargs or {}, "dtype": dtype}
         proc = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(request), "--out", str(out)],
             capture_output=True, text=True, timeout=timeout,
@@ -393,11 +398,23 @@ def _table(results: list[dict], peak: dict[str, float]) -> str:
                 "% of peak": f"{100 * r['gflops'] / peak[r['dtype']]:.0f}% {r['dtype']}" if peak else None,
                 "peak MiB": r["peak_mb"],
                 "step MiB": r["step_mb"],
+                "CPU stall": None if r.get("cpu_stall") is None else f"{100 * r['cpu_stall']:.0f}%",
                 "note": r.get("note"),
             }
         )
-    columns = ["configuration", "version", "tokens/s", "GFLOP/s", "% of peak", "peak MiB", "step MiB", "note"]
+    columns = ["configuration", "version", "tokens/s", "GFLOP/s", "% of peak", "peak MiB", "step MiB", "CPU stall", "note"]
     return markdown_table(rows, columns)
+
+
+def _least_disturbed(name: str, cfg: BenchConfig, retries: int, max_stall: float) -> dict:
+    """run_isolated, repeated while a neighbour held the CPU; the run with the least stall."""
+    runs = []
+    for _ in range(1 + retries):
+        runs.append(run_isolated(name, warmup=cfg.warmup, steps=cfg.steps, k=cfg.k))
+        if runs[-1]["cpu_stall"] is None or runs[-1]["cpu_stall"] <= max_stall:
+            break
+    best = min(runs, key=lambda r: r["cpu_stall"] or 0.0)
+    return {**best, "attempts": len(runs)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -406,6 +423,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=BenchConfig.warmup)
     parser.add_argument("--steps", type=int, default=BenchConfig.steps)
     parser.add_argument("--k", type=int, default=BenchConfig.k)
+    parser.add_argument(
+        "--retries", type=int, default=2,
+        help="re-run a configuration up to this many times while the CPU was oversubscribed "
+        "(PSI stall above --max-stall) and keep the least disturbed run",
+    )  # fmt: skip
+    parser.add_argument("--max-stall", type=float, default=0.15)
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul-peak measurement")
     parser.add_argument("--json", type=Path, help="also write every result to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -414,30 +437,36 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.worker:
         request = json.loads(args.worker)
-        result = _worker(request["name"], request["target"], BenchConfig(**request["config"]), request["build_kwargs"])
+        result = _worker(request["name"], request["target"], BenchConfig(**request["config"]), request["build_kwargs"], request["dtype"])
         args.out.write_text(json.dumps(result))
         return
 
     from matmul_peak import measure_matmuls
 
-    peak: dict[str, float] = {}
-    if not args.no_peak:
-        matmuls = measure_matmuls()
-        peak = {d: max(row[f"{d} GFLOP/s"] for row in matmuls[:-1]) for d in ("fp32", "bf16")}
-        print(markdown_table(matmuls, ["matmul", "fp32 GFLOP/s", "bf16 GFLOP/s", "fp32 tokens/s", "bf16 tokens/s"]))
-        print()
-
     cfg = BenchConfig(warmup=args.warmup, steps=args.steps, k=args.k)
     load_before = os.getloadavg()[0]
+    matmuls_before = None if args.no_peak else measure_matmuls()
     results = []
     for name in [n for n in PEERS if re.search(args.only, n)]:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         try:
-            results.append(run_isolated(name, warmup=cfg.warmup, steps=cfg.steps, k=cfg.k))
+            results.append(_least_disturbed(name, cfg, args.retries, args.max_stall))
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             results.append({"name": name, "version": _library_version(PEERS[name].library), "error": str(error)})
             print(error, file=sys.stderr)
     load = os.getloadavg()[0]
+
+    peak: dict[str, float] = {}
+    if not args.no_peak:
+        # Measured before and after the configurations; each cell keeps the better of the
+        # two, so one busy moment on a shared machine does not lower the ceiling.
+        matmuls = [
+            {key: max(a[key], b[key]) if isinstance(a[key], float) else a[key] for key in a}
+            for a, b in zip(matmuls_before, measure_matmuls())
+        ]
+        peak = {d: max(row[f"{d} GFLOP/s"] for row in matmuls[:-1]) for d in ("fp32", "bf16")}
+        print(markdown_table(matmuls, ["matmul", "fp32 GFLOP/s", "bf16 GFLOP/s", "fp32 tokens/s", "bf16 tokens/s"]))
+        print()
     print(
         f"d_in {cfg.d_in}, d_sae {cfg.d_sae}, batch {cfg.batch} tokens, k {cfg.k}; median of {cfg.steps} steps "
         f"after {cfg.warmup} warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads"

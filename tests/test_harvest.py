@@ -34,12 +34,17 @@ def corpus(smollm2, documents):
 
 
 def test_store_holds_the_models_activations(smollm2, corpus, tmp_path):
-    store = harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=256, batch_contexts=3, progress=False)
+    store = harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=256, batch_contexts=4, progress=False)
     mask = corpus.train_mask
     assert store.n_tokens == corpus.n_tokens == int(mask.sum()) and store.d_in == 576
-    with torch.no_grad():
-        hidden = smollm2.model(corpus.tokens, output_hidden_states=True).hidden_states[16]
+    with torch.no_grad():  # the model's own hidden states, in the same batches of 4 contexts
+        hidden = torch.cat([smollm2.model(corpus.tokens[i : i + 4], output_hidden_states=True).hidden_states[16]
+                            for i in range(0, len(corpus), 4)])
+        whole = smollm2.model(corpus.tokens, output_hidden_states=True).hidden_states[16]
     assert torch.equal(store.activations[:], hidden[mask].to(torch.bfloat16))
+    # in one batch of 12 the bf16 kernels round differently: equal to bf16 precision
+    error = (store.activations[:].float() - whole[mask].float()).norm() / whole[mask].float().norm()
+    assert error < 3e-2
     assert torch.equal(store.token_ids[:], corpus.tokens[mask])
     assert torch.equal(store.doc_ids[:], corpus.doc_ids[mask].long())
     assert torch.equal(store.positions[:], corpus.positions[mask].long())
@@ -99,7 +104,7 @@ def test_interrupted_harvest_resumes_where_it_stopped(smollm2, corpus, tmp_path,
 
 
 def test_live_activations_match_the_store(smollm2, corpus, tmp_path):
-    store = harvest(smollm2, corpus, HOOK, tmp_path / "s", progress=False)
+    store = harvest(smollm2, corpus, HOOK, tmp_path / "s", batch_contexts=4, progress=False)  # same batches
     live = LiveActivations(smollm2, corpus, HOOK, contexts_per_chunk=4, window_chunks=2)
     assert live.d_in == 576 and live.n_tokens == store.n_tokens
     rows = torch.cat(list(live.iterate_once(100)))

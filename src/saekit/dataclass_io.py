@@ -54,7 +54,7 @@ def from_dict(cls: type, data: dict[str, Any], *, where: str) -> Any:
     values = {}
     for name, value in data.items():
         if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
-            values[name] = from_dict(hints[name], value, where=f"{where}.{name}")
+            values[name] = from_dict(hints[name], value, where=f"{where} [{name}]")
         else:
             values[name] = coerce(value, hints[name], f"{where}: {name}")
     try:

@@ -165,7 +165,7 @@ class DistContext:
         """Raise unless every rank passes the same integer (cheap guard before lockstep work)."""
         if not self.enabled:
             return
-        pair = torch.tensor([value, -value], dtype=torch.int64, device=_collective_device())
+        pair = torch.tensor([value, -value], dtype=torch.int64, device=collective_device())
         self._collective(what, dist.all_reduce, pair, op=dist.ReduceOp.MAX)
         if int(pair[0]) != -int(pair[1]):
             raise DistributedError(
@@ -174,8 +174,23 @@ class DistContext:
                 "Every rank must run the same command with the same data and options."
             )
 
+    def raise_together(self, error: BaseException | None, what: str) -> None:
+        """A barrier that carries failure: if any rank failed (``error`` is not None there),
+        every rank raises — the failed one its own error — instead of the others waiting
+        for it until the timeout."""
+        if not self.enabled:
+            if error is not None:
+                raise error
+            return
+        failed = torch.tensor([error is not None], dtype=torch.int64, device=collective_device())
+        self._collective(what, dist.all_reduce, failed, op=dist.ReduceOp.SUM)
+        if error is not None:
+            raise error
+        if int(failed) > 0:
+            raise DistributedError(f"rank {self.rank} of {self.world_size}: {what} failed on another rank; its log says why.")
 
-def _collective_device() -> torch.device:
+
+def collective_device() -> torch.device:
     """Where tensors for collectives must live: the current GPU under nccl, else the CPU."""
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())

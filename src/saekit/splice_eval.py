@@ -55,15 +55,15 @@ def evaluate_in_model(
     tokens: TokenizedCorpus,
     *,
     hook: str | None = None,
-    batch_size: int = DEFAULT_BATCH_CONTEXTS,
+    batch_contexts: int = DEFAULT_BATCH_CONTEXTS,
     max_tokens: int | None = None,
     dense_threshold: float = 0.1,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Spliced cross-entropies and the activation metrics of ``sae`` on ``tokens``.
 
-    ``hook`` defaults to ``sae.cfg.hook``; ``batch_size`` counts contexts per forward
-    pass (each pass holds a few [batch_size, context_size, vocab] float32 logit tensors);
+    ``hook`` defaults to ``sae.cfg.hook``; ``batch_contexts`` contexts go through each
+    forward pass (which holds a few [batch_contexts, context_size, vocab] float32 logit tensors);
     ``max_tokens`` keeps the first contexts that together hold that many train-mask tokens.
     Costs one forward pass to the hook point and four full forward passes per batch.
 
@@ -72,17 +72,17 @@ def evaluate_in_model(
     delta_lm_loss, kl_div, then everything ``saekit.evaluate`` returns (n_tokens, l0,
     fvu, ..., feature_frequency as a [d_sae] tensor).
     """
-    hook = _check_inputs(sae, loaded, hook, batch_size)
+    hook = _check_inputs(sae, loaded, hook, batch_contexts)
     corpus = limit_tokens(tokens, max_tokens)
     was_training = sae.training
     sae.eval()
     try:
         mean = _RunningMean(loaded.d_model)
         activation_metrics = evaluate(
-            sae, mean.tap(_masked_activations(loaded, hook, corpus, batch_size, progress)),
+            sae, mean.tap(_masked_activations(loaded, hook, corpus, batch_contexts, progress)),
             batch_size=1 << 16, dense_threshold=dense_threshold,
         )
-        ce = _spliced_cross_entropies(sae, loaded, hook, corpus, mean.value(), batch_size, progress)
+        ce = _spliced_cross_entropies(sae, loaded, hook, corpus, mean.value(), batch_contexts, progress)
     finally:
         sae.train(was_training)
     return {"hook": hook, "model": loaded.name, "n_contexts": len(corpus), **ce, **activation_metrics}
@@ -106,17 +106,17 @@ def limit_tokens(corpus: TokenizedCorpus, max_tokens: int | None) -> TokenizedCo
 
 
 def _masked_activations(
-    loaded: LoadedModel, hook: str, corpus: TokenizedCorpus, batch_size: int, progress: bool
+    loaded: LoadedModel, hook: str, corpus: TokenizedCorpus, batch_contexts: int, progress: bool
 ) -> Iterator[Tensor]:
     """Activations at ``hook`` of the train-mask tokens, batch by batch: [n, d_model] float32."""
-    for tokens, mask, _ in _batches(corpus, batch_size, progress, f"activations at {hook}"):
+    for tokens, mask, _ in _batches(corpus, batch_contexts, progress, f"activations at {hook}"):
         act = capture(loaded, tokens, hook)[hook]
         yield act[mask.to(act.device)].float()
 
 
 def _spliced_cross_entropies(
     sae: SparseAutoencoder, loaded: LoadedModel, hook: str, corpus: TokenizedCorpus,
-    mean: Tensor, batch_size: int, progress: bool,
+    mean: Tensor, batch_contexts: int, progress: bool,
 ) -> dict[str, float]:
     sae_device = sae.W_dec.device
     mean = mean.to(loaded.device)
@@ -131,7 +131,7 @@ def _spliced_cross_entropies(
     }
     sums = dict.fromkeys(["clean", *replacements, "kl"], 0.0)
     n_predictions = 0
-    for tokens, mask, real in _batches(corpus, batch_size, progress, "spliced cross-entropy"):
+    for tokens, mask, real in _batches(corpus, batch_contexts, progress, "spliced cross-entropy"):
         tokens, mask, real = tokens.to(loaded.device), mask.to(loaded.device), real.to(loaded.device)
         scored, targets = _scored_predictions(tokens, mask, real)
         if not scored.any():
@@ -193,14 +193,14 @@ def _recovered(ce_ablated: float, ce_sae: float, ce_clean: float) -> float:
 
 
 def _batches(
-    corpus: TokenizedCorpus, batch_size: int, progress: bool, desc: str
+    corpus: TokenizedCorpus, batch_contexts: int, progress: bool, desc: str
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """(tokens [b, T] int64, train_mask [b, T] bool, real [b, T] bool: not padding) for
     consecutive contexts."""
     from tqdm.auto import tqdm
 
-    for begin in tqdm(range(0, len(corpus), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
-        end = begin + batch_size
+    for begin in tqdm(range(0, len(corpus), batch_contexts), desc=desc, unit="batch", disable=not progress, leave=False):
+        end = begin + batch_contexts
         yield corpus.tokens[begin:end], corpus.train_mask[begin:end], corpus.doc_ids[begin:end] >= 0
 
 
@@ -223,7 +223,7 @@ class _RunningMean:
         return (self.total / self.n).float()
 
 
-def _check_inputs(sae: SparseAutoencoder, loaded: LoadedModel, hook: str | None, batch_size: int) -> str:
+def _check_inputs(sae: SparseAutoencoder, loaded: LoadedModel, hook: str | None, batch_contexts: int) -> str:
     hook = hook or sae.cfg.hook
     if hook is None:
         raise ValueError("the SAE's cfg.json names no hook point; pass hook= (CLI: --hook), e.g. 'layers.15.resid_post'.")
@@ -237,8 +237,8 @@ def _check_inputs(sae: SparseAutoencoder, loaded: LoadedModel, hook: str | None,
         warnings.warn(
             f"the SAE was trained on {sae.cfg.model!r} but is evaluated in {loaded.name!r}.", stacklevel=3
         )
-    if batch_size < 1:
-        raise ValueError(f"batch_size (contexts per forward pass) must be at least 1, got {batch_size}.")
+    if batch_contexts < 1:
+        raise ValueError(f"batch_contexts (contexts per forward pass) must be at least 1, got {batch_contexts}.")
     return hook
 
 

@@ -138,6 +138,8 @@ def train(
     *,
     out: str | Path | None = None,
     resume: bool = True,
+    ctx: DistContext | None = None,
+    loggers: Sequence[Callable[[dict[str, float]], None]] = (),
     **options: Any,
 ) -> TrainResult:
     """Train ``sae`` on ``data`` and return it (in eval mode, reading raw activations).
@@ -150,8 +152,10 @@ def train(
 
     Under an initialised torch.distributed process group (``torchrun``) the run is
     data-parallel: every rank calls train() alike and reads its share of each global batch.
+    ``ctx=DistContext()`` trains on this process alone instead (each rank its own SAE).
+    ``loggers`` receive every log entry on rank 0 (TensorBoard, W&B: see saekit.loggers).
     """
-    trainer = Trainer(sae, data, out=out, resume=resume, **options)
+    trainer = Trainer(sae, data, out=out, resume=resume, ctx=ctx, loggers=loggers, **options)
     batches = trainer.batches()
     while not trainer.done:
         trainer.step(next(batches))
@@ -174,8 +178,10 @@ class Trainer:
         out: str | Path | None = None,
         resume: bool = True,
         ctx: DistContext | None = None,
+        loggers: Sequence[Callable[[dict[str, float]], None]] = (),
         **options: Any,
     ) -> None:
+        self.loggers = list(loggers)
         cfg = self.cfg = TrainConfig(**options)
         source = self.source = as_source(data)
         if source.d_in != sae.d_in:
@@ -272,21 +278,23 @@ class Trainer:
         sae.after_optimizer_step()
 
         with torch.no_grad():
-            active = output.features > 0
-            sae.update_firing(ctx.any_(active.any(0)), cfg.batch_size)
+            sae.update_firing(ctx.any_(output.fired), cfg.batch_size)
             if self.target_l0 is not None and cfg.sparsity_scale_at(step) == 1.0:
-                l0 = ctx.mean_(active.sum(-1).float().mean())
+                l0 = ctx.mean_(output.l0.float().clone())
                 error = torch.log((l0 + 1) / (self.target_l0 + 1)).clamp(-1, 1)
                 sae.sparsity_coefficient.mul_(torch.exp(cfg.l0_controller_gain * error))
 
         self.step_index = step = step + 1
         last = step == cfg.steps
         if step % cfg.log_every == 0 or last:
-            entry = _log_entry(step, sae, output, x, active, cfg, ctx)
+            entry = _log_entry(step, sae, output, x, cfg, ctx)
             self.history.append(entry)
             if ctx.is_main and self.log_path is not None:
                 with open(self.log_path, "a") as handle:
                     handle.write(json.dumps(entry) + "\n")
+            if ctx.is_main:
+                for logger in self.loggers:
+                    logger(entry)
             if self.progress is not None:
                 self.progress.set_postfix(loss=f"{entry['loss']:.4g}", L0=f"{entry['l0']:.1f}",
                                           EV=f"{entry['explained_variance']:.3f}")
@@ -350,12 +358,12 @@ def _sample(source, cfg: TrainConfig, ctx: DistContext) -> Tensor:
 
 
 @torch.no_grad()
-def _log_entry(step, sae, output, x, active, cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
+def _log_entry(step, sae, output, x, cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     """Global numbers: each rank's sums (and means of its equal share) reduced over ranks, in float64."""
     wide = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
     x64 = x.to(wide)
     names = list(output.parts)
-    means = [output.loss.detach(), active.sum(-1).float().mean(), *(output.parts[name].detach() for name in names)]
+    means = [output.loss.detach(), output.l0, *(output.parts[name].detach() for name in names)]
     sums = [(output.x_hat.to(wide) - x64).pow(2).sum(), x64.pow(2).sum()]
     stats = ctx.sum_(torch.cat([torch.stack([m.to(wide) for m in means] + sums), x64.sum(0)]))
     n_means, n_tokens = len(means), x.shape[0] * ctx.world_size

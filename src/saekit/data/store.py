@@ -278,6 +278,28 @@ IDENTITY_KEYS = ("model", "hook", "dtype", "d_in", "context_size", "corpus_finge
 """Manifest fields that must match for a rerun to resume an unfinished store."""
 
 
+def write_shard_files(
+    path: Path, index: int, activations: Tensor, meta: np.ndarray, contexts: tuple[int, int], *, dtype: str, d_in: int
+) -> dict[str, Any]:
+    """Write shard ``index``'s two files into the store folder ``path`` (each atomically)
+    and return its manifest record, leaving the manifest alone: ``StoreWriter`` records
+    it, or, when ranks write shards in parallel, rank 0 does at the end."""
+    if activations.ndim != 2 or activations.shape[1] != d_in:
+        raise ValueError(f"activations must be [rows, {d_in}], got {tuple(activations.shape)}.")
+    if meta.shape != (activations.shape[0], len(META_COLUMNS)):
+        raise ValueError(f"meta must be [{activations.shape[0]}, {len(META_COLUMNS)}], got {meta.shape}.")
+    acts = activations.detach().to("cpu", STORE_DTYPES[dtype]).contiguous()
+    acts_np = acts.view(torch.int16).numpy() if acts.dtype == torch.bfloat16 else acts.numpy()
+    meta = np.ascontiguousarray(meta, dtype=_META_DTYPE)
+    name = shard_name(index)
+    checksums = {}
+    for kind, array in (("act", acts_np), ("tok", meta)):
+        with atomic_path(Path(path) / f"{name}.{kind}") as tmp:
+            array.tofile(tmp)
+        checksums[kind] = _sha256_of(array)
+    return {"index": index, "name": name, "rows": int(acts.shape[0]), "contexts": list(contexts), "sha256": checksums}
+
+
 class StoreWriter:
     """Writes a store shard by shard; resumes an unfinished store with the same identity.
 
@@ -355,22 +377,18 @@ class StoreWriter:
         store dtype (cast if not), ``meta`` int32 [rows, 3] (token id, doc id, position)."""
         if index != self.done_shards:
             raise ValueError(f"shard {index} written out of order; the next shard is {self.done_shards}.")
-        if activations.ndim != 2 or activations.shape[1] != self.manifest["d_in"]:
-            raise ValueError(f"activations must be [rows, {self.manifest['d_in']}], got {tuple(activations.shape)}.")
-        if meta.shape != (activations.shape[0], len(META_COLUMNS)):
-            raise ValueError(f"meta must be [{activations.shape[0]}, {len(META_COLUMNS)}], got {meta.shape}.")
-        acts = activations.detach().to("cpu", STORE_DTYPES[self.manifest["dtype"]]).contiguous()
-        acts_np = acts.view(torch.int16).numpy() if acts.dtype == torch.bfloat16 else acts.numpy()
-        meta = np.ascontiguousarray(meta, dtype=_META_DTYPE)
-        name = shard_name(index)
-        checksums = {}
-        for kind, array in (("act", acts_np), ("tok", meta)):
-            with atomic_path(self.path / f"{name}.{kind}") as tmp:
-                array.tofile(tmp)
-            checksums[kind] = _sha256_of(array)
-        self.manifest["shards"].append(
-            {"index": index, "name": name, "rows": int(acts.shape[0]), "contexts": list(contexts), "sha256": checksums}
-        )
+        record = write_shard_files(self.path, index, activations, meta, contexts, dtype=self.manifest["dtype"],
+                                   d_in=self.manifest["d_in"])
+        self.manifest["shards"].append(record)
+        self._save_manifest()
+
+    def add_written_shards(self, records: list[dict[str, Any]]) -> None:
+        """Record shards that ``write_shard_files`` wrote (e.g. on other ranks); with the
+        shards already recorded they must make a prefix 0, 1, 2, ... of the store."""
+        for record in sorted(records, key=lambda r: r["index"]):
+            if record["index"] != self.done_shards:
+                raise ValueError(f"shard {record['index']} cannot be recorded; the next shard is {self.done_shards}.")
+            self.manifest["shards"].append(record)
         self._save_manifest()
 
     def finish(self) -> ActivationStore:

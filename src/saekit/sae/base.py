@@ -35,10 +35,19 @@ class LossOutput(NamedTuple):
     parts: dict[str, Tensor]
     """Named scalar terms: "reconstruction", "sparsity", "auxiliary" (those that apply),
     each already multiplied by its coefficient, so that they add up to ``loss``."""
-    features: Tensor
-    """f: [batch, d_sae], the features the reconstruction used."""
     x_hat: Tensor
     """x̂: [batch, d_in]."""
+    l0: Tensor
+    """Scalar: mean number of active features per token in this batch."""
+    fired: Tensor
+    """[d_sae] bool: whether each feature was active on any token of this batch. (Sparse
+    architectures report these two without materialising the dense [batch, d_sae] f.)"""
+
+    @classmethod
+    def from_features(cls, loss: Tensor, parts: dict[str, Tensor], f: Tensor, x_hat: Tensor) -> "LossOutput":
+        with torch.no_grad():
+            active = f > 0
+            return cls(loss, parts, x_hat, active.sum(-1, dtype=torch.float32).mean(), active.any(0))
 
 
 class SparseAutoencoder(nn.Module):
@@ -97,8 +106,9 @@ class SparseAutoencoder(nn.Module):
         return self.cfg.d_sae
 
     def pre_activations(self, x: Tensor) -> Tensor:
-        """(x − b_dec) W_enc + b_enc: [..., d_sae]."""
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        """(x − b_dec) W_enc + b_enc: [..., d_sae], computed as x W_enc + (b_enc − b_dec W_enc)
+        so that the backward pass needs no gradient with respect to x (one matmul fewer)."""
+        return x @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
 
     def decode(self, f: Tensor) -> Tensor:
         """f: [..., d_sae] -> x̂ = (s ⊙ f) W_dec + b_dec: [..., d_in]."""

@@ -44,7 +44,7 @@ class GatedSAE(SparseAutoencoder):
 
     def gate_and_magnitude(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """π_gate, π_mag: [..., d_sae]."""
-        projected = (x - self.b_dec) @ self.W_enc
+        projected = x @ self.W_enc - self.b_dec @ self.W_enc  # no gradient w.r.t. x needed
         return projected + self.b_gate, projected * torch.exp(self.r_mag) + self.b_mag
 
     def encode(self, x: Tensor) -> Tensor:
@@ -61,4 +61,4 @@ class GatedSAE(SparseAutoencoder):
         x_hat_gate = gate @ self.W_dec.detach() + self.b_dec.detach()
         auxiliary = self.reconstruction_error(x, x_hat_gate)
         parts = {"reconstruction": reconstruction, "sparsity": sparsity, "auxiliary": auxiliary}
-        return LossOutput(reconstruction + sparsity + auxiliary, parts, f, x_hat)
+        return LossOutput.from_features(reconstruction + sparsity + auxiliary, parts, f, x_hat)

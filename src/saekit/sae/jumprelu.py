@@ -91,7 +91,8 @@ class JumpReluSAE(SparseAutoencoder):
         reconstruction = self.reconstruction_error(x, x_hat)
         l0 = step(z, threshold, self.cfg.jumprelu_bandwidth).float().sum(-1).mean()
         sparsity = self.coefficient(sparsity_scale) * l0
-        return LossOutput(reconstruction + sparsity, {"reconstruction": reconstruction, "sparsity": sparsity}, f, x_hat)
+        parts = {"reconstruction": reconstruction, "sparsity": sparsity}
+        return LossOutput.from_features(reconstruction + sparsity, parts, f, x_hat)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

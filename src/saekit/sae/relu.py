@@ -41,4 +41,5 @@ class ReluSAE(SparseAutoencoder):
         reconstruction = self.reconstruction_error(x, x_hat)
         weighted = f if self.unit_norm_decoder else f * self.decoder_norms()
         sparsity = self.coefficient(sparsity_scale) * weighted.float().sum(-1).mean()
-        return LossOutput(reconstruction + sparsity, {"reconstruction": reconstruction, "sparsity": sparsity}, f, x_hat)
+        parts = {"reconstruction": reconstruction, "sparsity": sparsity}
+        return LossOutput.from_features(reconstruction + sparsity, parts, f, x_hat)

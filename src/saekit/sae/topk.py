@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .base import LossOutput, SparseAutoencoder
 from .config import SAEConfig
-from .sparse_decode import sparse_decode
+from .sparse_decode import select_topk, sparse_decode
 
 
 class TopKSAE(SparseAutoencoder):
@@ -34,15 +34,10 @@ class TopKSAE(SparseAutoencoder):
     def aux_k(self) -> int:
         return self.cfg.aux_k or min(self.d_in // 2, self.d_sae)
 
-    def select(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """The active latents of each token: (values [B, k] ≥ 0, indices [B, k])."""
-        values, indices = z.topk(self.cfg.k, dim=-1, sorted=False)
-        return torch.relu(values), indices
-
     def encode(self, x: Tensor) -> Tensor:
         z = self.pre_activations(x)
-        values, indices = self.select(z)
-        return torch.zeros_like(z).scatter_(-1, indices, values)
+        values, indices = z.topk(self.cfg.k, dim=-1, sorted=False)
+        return torch.zeros_like(z).scatter_(-1, indices, torch.relu(values))
 
     def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
         """x̂ from the active latents only: [B, k] -> [B, d_in]."""
@@ -51,28 +46,33 @@ class TopKSAE(SparseAutoencoder):
         return sparse_decode(values, indices, self.W_dec) + self.b_dec
 
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
-        z = self.pre_activations(x)
-        values, indices = self.select(z)
+        values, indices = select_topk(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
         x_hat = self.decode_sparse(values, indices)
         reconstruction = self.reconstruction_error(x, x_hat)
         parts = {"reconstruction": reconstruction}
         total = reconstruction
-        auxiliary = self.auxk_loss(z, x - x_hat.detach())
+        auxiliary = self.auxk_loss(x, (x - x_hat).detach())
         if auxiliary is not None:
             parts["auxiliary"] = auxiliary
             total = total + auxiliary
-        features = torch.zeros_like(z).scatter_(-1, indices, values.to(z.dtype))
-        return LossOutput(total, parts, features, x_hat)
+        with torch.no_grad():
+            active = values > 0
+            fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
+            fired[indices[active]] = True
+            l0 = active.sum(-1, dtype=torch.float32).mean()
+        return LossOutput(total, parts, x_hat, l0, fired)
 
-    def auxk_loss(self, z: Tensor, residual: Tensor) -> Tensor | None:
-        dead = self.dead_mask()
-        n_dead = int(dead.sum())
+    def auxk_loss(self, x: Tensor, residual: Tensor) -> Tensor | None:
+        """‖e − ê‖² with ê decoded from the aux_k largest pre-activations of dead latents;
+        only the dead latents' columns of W_enc are multiplied."""
+        dead = torch.nonzero(self.dead_mask()).flatten()
+        n_dead = dead.numel()
         if n_dead == 0 or self.cfg.aux_coefficient == 0:
             return None
         k_aux = min(self.aux_k, n_dead)
-        dead_z = z.masked_fill(~dead, float("-inf"))
-        values, indices = dead_z.topk(k_aux, dim=-1, sorted=False)
-        residual_hat = sparse_decode(torch.relu(values), indices, self.W_dec)
+        z_dead = x @ self.W_enc[:, dead] + (self.b_enc[dead] - self.b_dec @ self.W_enc[:, dead])
+        values, positions = z_dead.topk(k_aux, dim=-1, sorted=False)
+        residual_hat = sparse_decode(torch.relu(values), dead[positions], self.W_dec)
         error = (residual_hat.float() - residual.float()).pow(2)
         per_token = error.sum(-1) if self.cfg.reconstruction_loss == "sum" else error.mean(-1)
         return self.cfg.aux_coefficient * min(n_dead / self.aux_k, 1.0) * per_token.mean()
@@ -119,8 +119,8 @@ class BatchTopKSAE(TopKSAE):
         reconstruction = self.reconstruction_error(x, x_hat)
         parts = {"reconstruction": reconstruction}
         total = reconstruction
-        auxiliary = self.auxk_loss(z, x - x_hat.detach())
+        auxiliary = self.auxk_loss(x, (x - x_hat).detach())
         if auxiliary is not None:
             parts["auxiliary"] = auxiliary
             total = total + auxiliary
-        return LossOutput(total, parts, f, x_hat)
+        return LossOutput.from_features(total, parts, f, x_hat)

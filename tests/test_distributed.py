@@ -41,7 +41,7 @@ LIVE_RUNS = {  # hook -> (arch, SAE options, train options)
     "layers.0.resid_post": ("topk", {"k": 4}, {"seed": 0}),
     "layers.1.resid_post": ("jumprelu", {"target_l0": 4}, {"seed": 1}),
 }
-LIVE_OPTIONS = dict(steps=12, batch_size=32, lr=3e-3, precision="float32", progress=False, normalization_tokens=128,
+LIVE_OPTIONS = dict(steps=12, batch_size=32, lr=3e-3, precision="float32", progress=False, normalization_tokens=32,
                     log_every=4)
 HARVEST_OPTIONS = dict(max_tokens=170, dtype="float32", batch_contexts=2, shard_tokens=48, progress=False)
 
@@ -249,6 +249,16 @@ def live_runs(loaded, corpus):
     return shared, runs
 
 
+def counting_live(loaded, corpus, hook):
+    """LiveActivations that records which chunks it ran the model on."""
+    from saekit.data.buffer import LiveActivations
+
+    live = LiveActivations(loaded, corpus, hook, contexts_per_chunk=2, window_chunks=2)
+    live.reads = []
+    live._read = lambda chunk, read=live._read: live.reads.append(chunk) or read(chunk)
+    return live
+
+
 class FailOnce:
     """harvest_shard that raises on rank 1's second shard, once."""
 
@@ -275,12 +285,22 @@ def job_model(ctx: DistContext, folder: Path) -> None:
         assert isinstance(error, OSError if ctx.rank == 1 else DistributedError), error
     else:
         raise AssertionError("the failed harvest did not raise")
-    dh.harvest_shard = real
+    computed = []
+    dh.harvest_shard = lambda loaded, corpus, plan, shard, *a, **k: computed.append(shard) or real(loaded, corpus, plan, shard, *a, **k)
     dh.harvest_distributed(loaded, corpus, LIVE_HOOKS, folder / "store", **HARVEST_OPTIONS)
+    dh.harvest_shard = real
+    (folder / f"resumed_shards{ctx.rank}.json").write_text(json.dumps(computed))
 
     shared, runs = live_runs(loaded, corpus)
     results = multi_train(runs, out=folder / "multi", **LIVE_OPTIONS)
     assert list(results) == [runs[ctx.rank].name]  # round-robin: one SAE on each rank
+
+    # Data-parallel on the live stream: each rank runs the model on half of the chunks.
+    live = counting_live(loaded, corpus, LIVE_HOOKS[1])
+    result = saekit.train(saekit.create("topk", d_in=32, d_sae=64, seed=3, k=4), live, **LIVE_OPTIONS)
+    if ctx.is_main:
+        save_state(result.sae, folder / "live_dp.safetensors")
+    (folder / f"chunk_reads{ctx.rank}.json").write_text(json.dumps(live.reads))
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +322,10 @@ def test_a_two_rank_harvest_writes_the_single_process_store(model_job, tmp_path)
         for column in ("token_ids", "doc_ids", "positions"):
             assert torch.equal(getattr(got, column)[:], getattr(expected, column)[:])
         assert got.manifest == expected.manifest  # same shards, rows, checksums, header
-        assert not list((model_job / "store" / hook).glob("*.json"))[1:]  # only the manifest is left
+        assert sorted(p.name for p in (model_job / "store" / hook).glob("*.json")) == ["manifest.json"]
+    # The rerun after the failure skipped the shards already written: rank 0 had both of its
+    # shards, rank 1 the first of its two.
+    assert [json.loads((model_job / f"resumed_shards{r}.json").read_text()) for r in range(WORLD)] == [[], [3]]
 
 
 def test_two_saes_at_two_hook_points_on_two_ranks_equal_single_runs(model_job):
@@ -317,8 +340,17 @@ def test_two_saes_at_two_hook_points_on_two_ranks_equal_single_runs(model_job):
         assert_same_weights(got.state_for_save(), single.sae.state_for_save(), atol=1e-5)
 
 
+def test_data_parallel_on_a_live_stream_shares_the_model_passes(model_job):
+    loaded, corpus = tiny_model(), tiny_corpus()
+    live = counting_live(loaded, corpus, LIVE_HOOKS[1])
+    single = saekit.train(saekit.create("topk", d_in=32, d_sae=64, seed=3, k=4), live, **LIVE_OPTIONS)
+    assert_same_weights(load_state(model_job / "live_dp.safetensors"), single.sae.state_for_save(), atol=1e-5)
+    reads = [json.loads((model_job / f"chunk_reads{r}.json").read_text()) for r in range(WORLD)]
+    assert sorted(reads[0] + reads[1]) == sorted(live.reads)  # the chunks one process runs, split between the ranks
+    assert abs(len(reads[0]) - len(reads[1])) <= len(live.reads) // 4
+
+
 def test_one_process_trains_saes_at_several_hooks_from_one_model_pass(tmp_path):
-    from saekit.data.buffer import LiveActivations
     from saekit.multi_train import multi_train
 
     loaded, corpus = tiny_model(), tiny_corpus()
@@ -326,11 +358,9 @@ def test_one_process_trains_saes_at_several_hooks_from_one_model_pass(tmp_path):
     for run in runs:
         run.options = {**run.options, "seed": 0}  # the same batches: the model runs once for both SAEs
     results = multi_train(runs, out=tmp_path, **LIVE_OPTIONS)
-    chunk_reads = []
-    counting = LiveActivations(loaded, corpus, LIVE_HOOKS[0], contexts_per_chunk=2, window_chunks=2)
-    counting._read = lambda chunk, read=counting._read: chunk_reads.append(chunk) or read(chunk)
+    counting = counting_live(loaded, corpus, LIVE_HOOKS[0])
     single = saekit.train(saekit.create("topk", d_in=32, d_sae=64, seed=3, k=4), counting, **LIVE_OPTIONS)
-    assert shared.forward_passes == len(chunk_reads)  # one pass for both hooks, as one SAE alone needs
+    assert shared.forward_passes == len(counting.reads)  # one pass for both hooks, as one SAE alone needs
     assert_same_weights(results[runs[0].name].sae.state_for_save(), single.sae.state_for_save(), atol=0)
     assert (tmp_path / runs[1].name / "sae" / "cfg.json").is_file()
 

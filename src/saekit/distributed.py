@@ -21,7 +21,7 @@ raised as a ``DistributedError`` that says what happened and how to resume.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -141,6 +141,33 @@ class DistContext:
             flat = self.broadcast_(torch.stack([s.reshape(()).float() for s in steps]).to(device), src).cpu()
             for s, value in zip(steps, flat):
                 s.copy_(value)
+
+    def share_work(self, compute: Callable[[int], Tensor], items: Sequence[int], rows: Sequence[int], *,
+                   width: int, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+        """[compute(i) for i in items] on every rank, each rank computing every W-th item only
+        (items[rank::W]) and the ranks exchanging the results with one all-gather.
+        compute(items[j]) must return [rows[j], width] of ``dtype`` on ``device``."""
+        if not self.enabled:
+            return [compute(item) for item in items]
+        w = self.world_size
+        sizes = [sum(rows[r::w]) for r in range(w)]
+        local = torch.empty(max(sizes), width, dtype=dtype, device=device)
+        offset = 0
+        for item, n in zip(items[self.rank :: w], rows[self.rank :: w]):
+            value = compute(item)
+            if value.shape != (n, width):
+                raise ValueError(f"item {item} gave a tensor of shape {tuple(value.shape)}, not ({n}, {width}).")
+            local[offset : offset + n] = value
+            offset += n
+        gathered = [torch.empty_like(local) for _ in range(w)]
+        self._collective("exchange of computed activations", dist.all_gather, gathered, local)
+        results: list[Tensor] = [local] * len(items)
+        for r in range(w):
+            offset = 0
+            for j in range(r, len(items), w):
+                results[j] = gathered[r][offset : offset + rows[j]]
+                offset += rows[j]
+        return results
 
     def average_gradients(self, parameters) -> None:
         """One all-reduce over all gradients flattened together (fewer, larger messages)."""

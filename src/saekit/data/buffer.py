@@ -53,10 +53,13 @@ def shuffled_batches(
     rank: int = 0,
     world_size: int = 1,
     window_chunks: int = DEFAULT_WINDOW_CHUNKS,
+    read_window: Callable[[list[int]], Tensor] | None = None,
 ) -> Iterator[Tensor]:
     """Endless float32 batches [batch_size // world_size, d] (see the module docstring).
 
-    ``read_chunk(c)`` returns chunk c's rows [chunk_rows[c], d] in any float dtype.
+    ``read_chunk(c)`` returns chunk c's rows [chunk_rows[c], d] in any float dtype;
+    ``read_window(chunks)``, if given, the rows of several chunks concatenated (a live
+    stream under torch.distributed shares that work among the ranks).
     """
     mine = rank_slice(batch_size, rank, world_size)
     n_rows = sum(chunk_rows)
@@ -78,7 +81,8 @@ def shuffled_batches(
         held = 0
         served = within
         for w in range(first, len(windows)):
-            rows = torch.cat([read_chunk(int(c)) for c in windows[w]])
+            ids = [int(c) for c in windows[w]]
+            rows = read_window(ids) if read_window is not None else torch.cat([read_chunk(c) for c in ids])
             rows = rows[torch.randperm(rows.shape[0], generator=_generator(seed, epoch, w))]
             if skip:
                 rows, skip = rows[skip:], 0
@@ -105,13 +109,20 @@ def chunk_boundaries(lengths: Sequence[int], chunk_rows: int) -> list[tuple[int,
     return chunks
 
 
+def _process_group_enabled() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class LiveActivations:
     """A batch source that runs the model on the fly: no store on disk.
 
     Chunks are groups of ``contexts_per_chunk`` consecutive contexts of ``corpus``; their
     activations at ``hook`` (train-mask rows only) are computed when a window needs them,
     so the same (seed, batch index) gives the same batch as it would from a store
-    harvested with the same chunking. Each rank runs the model on the whole window.
+    harvested with the same chunking. Under torch.distributed (world_size > 1) each rank
+    runs the model on every W-th chunk of a window and the ranks exchange the activations.
     """
 
     def __init__(
@@ -151,9 +162,25 @@ class LiveActivations:
         return acts[mask.to(acts.device)]
 
     def batches(self, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Tensor]:
+        # Under a process group the ranks split each window's model work and exchange the
+        # activations; without one (ranks simulated in one process) every rank computes
+        # the whole window itself. The batches are the same either way.
+        read_window = None
+        if world_size > 1 and _process_group_enabled():
+            from ..distributed import DistContext
+
+            ctx = DistContext.current()
+            if (ctx.rank, ctx.world_size) != (rank, world_size):
+                raise ValueError(f"rank {rank} of {world_size} asked for, but the process group is rank {ctx.rank} of {ctx.world_size}.")
+
+            def read_window(chunks: list[int]) -> Tensor:
+                rows = [self._chunk_rows[c] for c in chunks]
+                return torch.cat(ctx.share_work(self._read, chunks, rows, width=self.d_in, dtype=self.loaded.dtype,
+                                                device=self.loaded.device))
+
         return shuffled_batches(
             self._read, self._chunk_rows, batch_size, seed=seed, start=start, rank=rank, world_size=world_size,
-            window_chunks=self.window_chunks,
+            window_chunks=self.window_chunks, read_window=read_window,
         )
 
     def iterate_once(self, batch_size: int) -> Iterator[Tensor]:

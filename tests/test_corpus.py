@@ -188,6 +188,15 @@ def test_max_contexts_stops_early():
     assert torch.equal(corpus.tokens, full.tokens[:3])
 
 
+def test_max_tokens_keeps_the_fewest_contexts_that_hold_them():
+    docs = [Document("ab", str(i)) for i in range(300)]  # many separators: 2 train tokens in 3
+    corpus = tokenize(docs, CharTokenizer(), 10, max_tokens=40, chars_per_call=20)
+    assert corpus.train_mask[:-1].sum() < 40 <= corpus.n_tokens
+    assert len(corpus.sources) < 300
+    everything = tokenize(docs, CharTokenizer(), 10, max_tokens=10**6)
+    assert everything.n_tokens == tokenize(docs, CharTokenizer(), 10).n_tokens
+
+
 def test_split_is_deterministic_disjoint_and_complete():
     docs = [Document("lorem ipsum dolor " * 20, str(i)) for i in range(5)]
     corpus = tokenize(docs, CharTokenizer(), 16)

@@ -290,6 +290,7 @@ def tokenize(
     pack: bool = True,
     exclude_special: bool = True,
     max_contexts: int | None = None,
+    max_tokens: int | None = None,
     chars_per_call: int = 1 << 20,
 ) -> TokenizedCorpus:
     """Tokenise ``documents`` into [n_contexts, context_size] contexts (see module docstring).
@@ -297,12 +298,16 @@ def tokenize(
     ``tokenizer`` is a Hugging Face tokenizer (anything with ``__call__(texts,
     add_special_tokens=False) -> {"input_ids": [[int]]}``, ``bos_token_id``,
     ``eos_token_id`` and ``all_special_ids``). ``max_contexts`` stops early once that many
-    contexts are filled, so a large corpus is not tokenised whole for a small harvest.
+    contexts are filled, ``max_tokens`` once the contexts hold that many train-mask tokens
+    (the fewest contexts that do), so a large corpus is not tokenised whole for a small
+    harvest.
     """
     if context_size < 2:
         raise ValueError(f"context_size must be at least 2 (BOS plus one token), got {context_size}.")
     if max_contexts is not None and max_contexts < 1:
         raise ValueError(f"max_contexts must be >= 1, got {max_contexts}.")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}.")
     if not documents:
         raise ValueError("the corpus is empty: no documents to tokenise.")
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -311,13 +316,16 @@ def tokenize(
         raise ValueError("the tokenizer has neither a BOS nor an EOS token; saekit needs one to start contexts.")
     pad = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else sep
     width = context_size - 1  # text tokens per context, after BOS
+    special = np.array(sorted({bos, sep, *getattr(tokenizer, "all_special_ids", [])}), dtype=np.int64)
 
     pieces: list[np.ndarray] = []   # token ids, in order
     owners: list[np.ndarray] = []   # doc id of each token
     n_stream = 0
+    n_usable = 0  # stream tokens that will be in the train mask
     # Characters per tokenizer call: enough for the contexts asked for (≈ 8 characters a
     # token is generous), so a small harvest does not tokenise a whole large corpus.
-    budget = chars_per_call if max_contexts is None else min(chars_per_call, max(4096, 8 * max_contexts * width))
+    needed = [n for n in (max_contexts and max_contexts * width, max_tokens and max_tokens + width) if n]
+    budget = min(chars_per_call, max(4096, 8 * min(needed))) if needed else chars_per_call
     for begin, end in _groups(documents, budget):
         chunk = documents[begin:end]
         encoded = tokenizer([d.text for d in chunk], add_special_tokens=False)["input_ids"]
@@ -339,7 +347,11 @@ def tokenize(
                 n_stream += len(ids)
             pieces.append(ids)
             owners.append(owner)
-        if max_contexts is not None and n_stream >= max_contexts * width:
+            n_usable += int(np.sum((ids >= 0) & ~np.isin(ids, special))) if exclude_special else int(np.sum(ids >= 0))
+        # Stop once the whole contexts already formed are enough (the tail holds < width).
+        if (max_contexts is not None and n_stream >= max_contexts * width) or (
+            max_tokens is not None and n_usable >= max_tokens + width
+        ):
             documents = documents[:end]
             break
 
@@ -364,8 +376,12 @@ def tokenize(
     if not exclude_special:
         train_mask[:, 0] = True
     else:
-        special = sorted({bos, sep, *getattr(tokenizer, "all_special_ids", [])})
-        train_mask &= ~torch.isin(tokens, torch.tensor(special, dtype=torch.int64))
+        train_mask &= ~torch.isin(tokens, torch.from_numpy(special))
+    if max_tokens is not None:
+        per_context = train_mask.sum(dim=1).cumsum(0)
+        if per_context[-1] >= max_tokens:  # else: all there is
+            keep = int(torch.searchsorted(per_context, max_tokens)) + 1
+            tokens, doc_ids, positions, train_mask = (t[:keep] for t in (tokens, doc_ids, positions, train_mask))
 
     options = {
         "context_size": context_size,

@@ -137,11 +137,11 @@ def _spliced_cross_entropies(
         if not scored.any():
             continue
         n_predictions += int(scored.sum())
-        logp_clean = _log_probs(loaded, tokens)[scored]  # [n, vocab]
+        logp_clean = _log_probs(loaded, tokens, scored)  # [n, vocab]
         sums["clean"] += float(F.nll_loss(logp_clean, targets, reduction="sum"))
         for name, replace in replacements.items():
             with splice(loaded, hook, _only_where(mask, replace)):
-                logp = _log_probs(loaded, tokens)[scored]
+                logp = _log_probs(loaded, tokens, scored)
             sums[name] += float(F.nll_loss(logp, targets, reduction="sum"))
             if name == "sae":  # KL(p_clean ‖ p_sae), summed over the vocabulary
                 sums["kl"] += float(F.kl_div(logp, logp_clean, log_target=True, reduction="sum"))
@@ -175,11 +175,11 @@ def _scored_predictions(tokens: Tensor, mask: Tensor, real: Tensor) -> tuple[Ten
     return scored, targets
 
 
-def _log_probs(loaded: LoadedModel, tokens: Tensor) -> Tensor:
-    """log softmax of the model's logits: [B, T, vocab] float32."""
+def _log_probs(loaded: LoadedModel, tokens: Tensor, scored: Tensor) -> Tensor:
+    """log softmax of the model's logits at the scored positions: [n, vocab] float32."""
     with torch.no_grad():
         logits = loaded.model(input_ids=tokens, use_cache=False).logits
-    return torch.log_softmax(logits.float(), dim=-1)
+    return torch.log_softmax(logits[scored].float(), dim=-1)
 
 
 def _only_where(mask: Tensor, replace: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
@@ -300,14 +300,19 @@ _TABLE = (
 
 
 def table_rows(metrics: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """(label, formatted value) for the known metrics present; value None marks a section."""
+    """(label, formatted value) for the known metrics present; a row with value None is a
+    section heading (left out when none of its metrics is present)."""
     rows: list[tuple[str, str | None]] = []
+    heading: str | None = None
     for key, label in _TABLE:
         if label is None:
-            rows.append((key, None))
+            heading = key
         elif key in metrics:
+            if heading is not None:
+                rows.append((heading, None))
+                heading = None
             rows.append((label, format_value(metrics[key])))
-    return [row for i, row in enumerate(rows) if row[1] is not None or (i + 1 < len(rows) and rows[i + 1][1] is not None)]
+    return rows
 
 
 def format_value(value: Any) -> str:

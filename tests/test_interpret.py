@@ -182,6 +182,10 @@ def test_statistics_round_trip_through_safetensors(stats, tmp_path):
     assert back.top.of(3) == stats.top.of(3) and back.random.of(0) == stats.random.of(0)
     assert torch.equal(back.hist_counts, stats.hist_counts) and torch.equal(back.logits.suppressed, stats.logits.suppressed)
     assert back.meta["hook"] == "layers.0.resid_pre" and back.meta["window"] == [BEFORE, AFTER]
+    fresh = stats.save(tmp_path / "run" / "features")  # a new folder appears complete, or not at all
+    assert fresh == tmp_path / "run" / "features" / "feature_stats.safetensors"
+    assert FeatureStats.load(tmp_path / "run" / "features").top.of(0) == stats.top.of(0)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["features"]
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(ValueError, match="not a readable"):
         FeatureStats.load(tmp_path / "bad.safetensors")

@@ -1,0 +1,353 @@
+"""The report: PNG plots, and the HTML dashboard opened in headless Chromium.
+
+Chromium (Debian's package; scripts/ensure-chromium.sh installs it) is driven over the
+DevTools protocol on a pipe (--remote-debugging-pipe: JSON messages separated by NUL
+bytes on file descriptors 3 and 4), so no extra Python package is needed. The tests
+collect console errors, uncaught exceptions and JavaScript dialogs, read the rendered
+DOM text, and save screenshots of the overview and of a feature page.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from saekit.interpret import FeatureStats, collect_feature_stats
+from saekit.report import write_report
+from saekit.splice_eval import evaluate_in_model
+
+from test_interpret import toy_corpus, toy_model, toy_sae
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/ensure-chromium.sh)")
+
+# Corpus text that would run code if the dashboard ever treated it as HTML.
+SCRIPT = "<script>alert(1)</script>"
+IMG = '<img src=x onerror="window.__pwned=1">'
+
+
+class ToyTokenizer:
+    """Token 5 decodes to a script tag, token 7 to an image with an onerror handler."""
+
+    all_special_ids = [0, 1]
+
+    def decode(self, ids):
+        names = {0: "<bos>", 1: "<sep>", 5: SCRIPT, 7: IMG, 9: "\n"}
+        return "".join(names.get(i, f" w{i}") for i in ids)
+
+
+# ---- a minimal DevTools-protocol client ------------------------------------------------------
+
+
+class Chromium:
+    """Headless Chromium with the DevTools protocol on a pipe."""
+
+    def __init__(self, user_data_dir: Path) -> None:
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+                 f"--user-data-dir={user_data_dir}", "--remote-debugging-pipe"]
+        # fd 3: what Chromium reads (our stdin pipe); fd 4: what it writes (our stdout pipe).
+        self.process = subprocess.Popen(
+            ["sh", "-c", 'exec "$@" 3<&0 4>&1 0</dev/null 1>/dev/null', "sh", CHROMIUM, *flags],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        self.buffer = b""
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60) -> dict:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        self.process.stdin.write(json.dumps(message).encode() + b"\0")
+        self.process.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._receive(deadline)
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_for(self, method: str, session: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events:
+                if event.get("method") == method and event.get("sessionId") == session:
+                    self.events.remove(event)
+                    return event
+            self.events.append(self._receive(deadline))
+
+    def _receive(self, deadline: float) -> dict:
+        fd = self.process.stdout.fileno()
+        while b"\0" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("Chromium did not answer in time")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if ready:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    raise RuntimeError("Chromium exited")
+                self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=10)
+        except (RuntimeError, TimeoutError, BrokenPipeError, OSError):
+            pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Page:
+    """One tab: navigate, evaluate JavaScript, screenshot; problems are collected."""
+
+    def __init__(self, browser: Chromium, width: int = 1280, height: int = 1500) -> None:
+        self.browser = browser
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            browser.send(f"{domain}.enable", session=self.session)
+        browser.send("Emulation.setDeviceMetricsOverride",
+                     {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=self.session)
+
+    def goto(self, url: str) -> None:
+        self.browser.send("Page.navigate", {"url": url}, session=self.session)
+        self.browser.wait_for("Page.loadEventFired", self.session)
+
+    def evaluate(self, expression: str):
+        result = self.browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                                   session=self.session)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_until(self, expression: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.evaluate(expression):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the page never satisfied {expression}; it shows: {self.text()[:500]!r}")
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        return self.evaluate("document.body.innerText")
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.browser.send("Page.captureScreenshot", {"format": "png"}, session=self.session)["data"]
+        import base64
+
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def problems(self) -> list[str]:
+        """Console errors and warnings, uncaught exceptions, failed loads, dialogs."""
+        found = []
+        for event in self.browser.events:
+            if event.get("sessionId") != self.session:
+                continue
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.exceptionThrown":
+                found.append(f"exception: {params['exceptionDetails']}")
+            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "warning", "assert"):
+                found.append(f"console.{params['type']}: {params.get('args')}")
+            elif method == "Log.entryAdded" and params["entry"].get("level") in ("error", "warning"):
+                found.append(f"log: {params['entry'].get('text')} {params['entry'].get('url', '')}")
+            elif method == "Page.javascriptDialogOpening":
+                found.append(f"dialog: {params.get('message')}")
+        return found
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (scripts/ensure-chromium.sh)")
+    chromium = Chromium(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield chromium
+    finally:
+        chromium.close()
+
+
+def assert_real_png(path: Path, width: int) -> None:
+    from matplotlib.image import imread
+
+    image = imread(path)
+    assert image.shape[1] == width and image.shape[0] > 200
+    colours = len(set(map(tuple, (image[..., :3].reshape(-1, 3) * 255).astype(int)[::97].tolist())))
+    assert colours > 20, f"{path} looks blank ({colours} colours)"
+
+
+# ---- the toy report -------------------------------------------------------------------------
+
+
+TOY_METRICS = {"model": "toy", "hook": "layers.0.resid_pre", "ce_clean": 2.0, "ce_sae": 2.2, "ce_zero_ablation": 5.0,
+               "ce_mean_ablation": 3.1, "loss_recovered": 0.9333, "loss_recovered_mean_ablation": 0.8182,
+               "delta_lm_loss": 0.2, "kl_div": 0.15, "l0": 2.3, "fvu": 0.1, "explained_variance": 0.9,
+               "dead_fraction": 0.25, "n_tokens": 27}
+
+
+@pytest.fixture(scope="module")
+def toy_report(tmp_path_factory):
+    stats = collect_feature_stats(toy_sae(), toy_model(), toy_corpus(), n_top=4, n_random=2, window=(2, 1),
+                                  batch_contexts=2, progress=False)
+    out = tmp_path_factory.mktemp("report")
+    return write_report(out, toy_sae(), stats, TOY_METRICS, ToyTokenizer(), shard_size=2), stats
+
+
+def test_report_files_and_plots(toy_report):
+    index, _ = toy_report
+    folder = index.parent
+    assert index.name == "index.html" and (folder / "feature.html").is_file()
+    assert sorted(p.name for p in (folder / "data").iterdir()) == ["shard-0000.js", "shard-0001.js"]
+    for name in ("feature_density", "l0_histogram", "loss_comparison", "frequency_vs_activation"):
+        png = folder / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, name
+        assert f'src="plots/{name}.png"' in index.read_text()
+
+
+def test_corpus_text_is_never_markup_in_the_files(toy_report):
+    index, _ = toy_report
+    for path in [index, index.parent / "feature.html", *(index.parent / "data").iterdir()]:
+        text = path.read_text()
+        assert "<script>alert" not in text and "<img src=x" not in text, path
+    assert "\\u003cscript\\u003ealert(1)\\u003c/script\\u003e" in (index.parent / "data" / "shard-0000.js").read_text()
+
+
+@needs_chromium
+def test_dashboard_renders_in_chromium_without_errors(toy_report, browser, tmp_path):
+    index, stats = toy_report
+    page = Page(browser)
+    page.goto(index.as_uri())
+    page.wait_until("document.querySelectorAll('#feature-table tbody tr').length > 0")
+    text = page.text()
+    for expected in ("loss recovered", "0.9333", "Feature density", "#0", "#1", "#3", SCRIPT, IMG):
+        assert expected in text, expected
+    assert "#2" not in text.split("Features")[-1]  # the dead feature is hidden by default
+    shot = page.screenshot(tmp_path / "overview.png")
+    assert_real_png(shot, 1280)
+
+    # Search by a top token: only feature 1 (which fires on the <img> token) remains.
+    page.evaluate("const s = document.getElementById('search'); s.value = 'onerror'; "
+                  "s.dispatchEvent(new Event('input')); true")
+    links = page.evaluate("[...document.querySelectorAll('#feature-table tbody a')].map(a => a.textContent)")
+    assert links == ["#1"]
+    page.evaluate("const t = document.getElementById('search'); t.value = '#3'; t.dispatchEvent(new Event('input')); true")
+    assert page.evaluate("[...document.querySelectorAll('#feature-table tbody a')].map(a => a.textContent)") == ["#3"]
+
+    # A feature page: contexts coloured by activation, with the value on hover.
+    page.goto((index.parent / "feature.html").as_uri() + "#0")
+    page.wait_until("document.querySelector('#feature h1')?.textContent === 'Feature 0'")
+    text = page.text()
+    for expected in ("Top activations", "Random firings", "Promotes", "Suppresses", "firing frequency"):
+        assert expected.lower() in text.lower(), expected  # headings are upper-cased by CSS
+    assert SCRIPT in text
+    centres = page.evaluate("[...document.querySelectorAll('.ctx span.centre')].map(s => [s.textContent, s.title, s.style.backgroundColor])")
+    assert len(centres) == len(stats.top.of(0)) + len(stats.random.of(0))
+    assert all(text == SCRIPT and "activation 1.5" in title and "255, 120, 20" in colour for text, title, colour in centres)
+    assert page.evaluate("document.querySelectorAll('.histogram rect.bar').length") >= 1
+    shot = page.screenshot(tmp_path / "feature.png")
+    assert_real_png(shot, 1280)
+
+    # Navigation loads the next shard on demand (shard_size=2: feature 2 is in shard 1).
+    page.evaluate("document.getElementById('next-feature').click(); true")
+    page.wait_until("document.querySelector('#feature h1')?.textContent === 'Feature 1'")
+    assert IMG in page.text()
+    page.evaluate("location.hash = '#2'; true")
+    page.wait_until("document.querySelector('#feature h1')?.textContent === 'Feature 2 (dead)'")
+
+    # Nothing from the corpus ran: no dialog, no handler, only the dashboard's own scripts.
+    assert page.evaluate("window.__pwned === undefined")
+    assert page.evaluate("[...document.scripts].every(s => s.type === 'application/json' || "
+                         "/assets\\/feature\\.js$|data\\/shard-\\d{4}\\.js$/.test(s.src))")
+    assert page.problems() == []
+    _keep_screenshots(tmp_path)
+
+
+def _keep_screenshots(folder: Path) -> None:
+    """Copy screenshots to $SAEKIT_SCREENSHOTS, when set, for a person to look at."""
+    target = os.environ.get("SAEKIT_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        for png in folder.glob("*.png"):
+            shutil.copy(png, Path(target) / png.name)
+
+
+def test_report_checks_its_inputs(toy_report, tmp_path):
+    _, stats = toy_report
+    import saekit
+
+    with pytest.raises(ValueError, match="4 features"):
+        write_report(tmp_path, saekit.create("topk", d_in=16, d_sae=8, k=2), stats)
+
+
+def test_report_without_metrics_or_tokenizer_and_a_subset_of_features(toy_report, tmp_path):
+    _, stats = toy_report
+    index = write_report(tmp_path, toy_sae(), stats, None, None, n_features=2)
+    html = index.read_text()
+    assert "saekit evaluate" in html and "features in this report" in html
+    assert not (tmp_path / "plots" / "loss_comparison.png").exists()
+    shard = (tmp_path / "data" / "shard-0000.js").read_text()
+    assert "\\u27e85\\u27e9" in shard or "⟨5⟩" in shard  # tokens shown by id
+    assert '"2"' not in shard.split('"vocab"')[0]  # only features 0 and 1
+
+
+# ---- the embedded model, end to end -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from saekit.data.model import load_model
+
+    return load_model()
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_dashboard_of_smollm2_features(smollm2, browser, tmp_path):
+    """Real tokenizer, real model: corpus HTML shows as text; feature pages show corpus contexts."""
+    import saekit
+    from saekit.data.corpus import Document, tokenize
+
+    text = ("ROMEO. But soft, what light through yonder window breaks? It is the east, and Juliet is the sun. "
+            f"Arise, fair sun, and kill the envious moon. {SCRIPT} <b>bold</b> & more. " * 3)
+    corpus = tokenize([Document(text, "test")], smollm2.tokenizer, 48, max_contexts=3)
+    sae = saekit.create("topk", d_in=smollm2.d_model, d_sae=32, k=4, seed=0).eval()
+    sae.cfg.hook = "layers.15.resid_post"
+    stats = collect_feature_stats(sae, smollm2, corpus, n_top=5, n_random=3, window=(10, 3), progress=False)
+    metrics = evaluate_in_model(sae, smollm2, corpus, batch_contexts=3, progress=False)
+    index = write_report(tmp_path / "report", sae, stats, metrics, smollm2.tokenizer)
+    assert FeatureStats.load(stats.save(tmp_path / "features")).n_tokens == stats.n_tokens
+
+    page = Page(browser)
+    page.goto(index.as_uri())
+    page.wait_until("document.querySelectorAll('#feature-table tbody tr').length > 0")
+    assert "layers.15.resid_post" in page.text() and "CE clean" in page.text()
+    page.screenshot(tmp_path / "smollm2-overview.png")
+    busiest = int(stats.count.argmax())
+    page.goto((index.parent / "feature.html").as_uri() + f"#{busiest}")
+    page.wait_until(f"document.querySelector('#feature h1')?.textContent?.startsWith('Feature {busiest}')")
+    contexts = page.evaluate("[...document.querySelectorAll('.ctx')].map(c => c.textContent).join('\\n')")
+    assert any(word in contexts for word in ("Juliet", "window", "sun", "moon", "script", "bold"))
+    all_contexts = page.evaluate("[...document.querySelectorAll('.ctx')].length")
+    assert all_contexts == len(stats.top.of(busiest)) + len(stats.random.of(busiest))
+    assert_real_png(page.screenshot(tmp_path / "smollm2-feature.png"), 1280)
+    # Corpus text (which holds <script>, <b>) is text inside the contexts, never elements.
+    assert page.evaluate("document.querySelectorAll('.ctx script, .ctx img, .ctx b').length") == 0
+    assert page.evaluate("document.querySelectorAll('.ctx *').length") > 0  # the selector does reach the contexts
+    assert page.problems() == []
+    _keep_screenshots(tmp_path)

@@ -46,8 +46,10 @@ class LossOutput(NamedTuple):
     @classmethod
     def from_features(cls, loss: Tensor, parts: dict[str, Tensor], f: Tensor, x_hat: Tensor) -> "LossOutput":
         with torch.no_grad():
-            active = f > 0
-            return cls(loss, parts, x_hat, active.sum(-1, dtype=torch.float32).mean(), active.any(0))
+            # One pass over f: per-feature counts give both the batch L0 and which fired.
+            counts = torch.count_nonzero(f.reshape(-1, f.shape[-1]), dim=0)
+            n_tokens = f.numel() // f.shape[-1]
+            return cls(loss, parts, x_hat, counts.sum().float() / n_tokens, counts > 0)
 
 
 class SparseAutoencoder(nn.Module):
@@ -107,8 +109,12 @@ class SparseAutoencoder(nn.Module):
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """(x − b_dec) W_enc + b_enc: [..., d_sae], computed as x W_enc + (b_enc − b_dec W_enc)
-        so that the backward pass needs no gradient with respect to x (one matmul fewer)."""
-        return x @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
+        so that the backward pass needs no gradient with respect to x (one matmul fewer),
+        with the bias added inside the matmul (no separate pass over [batch, d_sae])."""
+        bias = self.b_enc - self.b_dec @ self.W_enc
+        if x.ndim == 2:
+            return torch.addmm(bias, x, self.W_enc)
+        return x @ self.W_enc + bias
 
     def decode(self, f: Tensor) -> Tensor:
         """f: [..., d_sae] -> x̂ = (s ⊙ f) W_dec + b_dec: [..., d_in]."""

@@ -52,13 +52,51 @@ class GatedSAE(SparseAutoencoder):
         return (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
 
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
-        pi_gate, pi_mag = self.gate_and_magnitude(x)
-        f = (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
+        # x̃ W_gate, with −b_dec W_gate added inside the matmul: [B, d_sae]
+        projected = torch.addmm(-(self.b_dec @ self.W_enc), x, self.W_enc)
+        f, gate = gated_features(projected, self.b_gate, self.r_mag, self.b_mag)
         x_hat = self.decode(f)
         reconstruction = self.reconstruction_error(x, x_hat)
-        gate = torch.relu(pi_gate)
-        sparsity = self.coefficient(sparsity_scale) * (gate * self.decoder_norms()).float().sum(-1).mean()
+        # Σ_t Σ_i ReLU(π_gate)_ti ‖d_i‖ / B, summed over tokens first (one pass, no products).
+        sparsity = self.coefficient(sparsity_scale) * (gate.sum(0, dtype=torch.float32) @ self.decoder_norms()) / x.shape[0]
         x_hat_gate = gate @ self.W_dec.detach() + self.b_dec.detach()
         auxiliary = self.reconstruction_error(x, x_hat_gate)
         parts = {"reconstruction": reconstruction, "sparsity": sparsity, "auxiliary": auxiliary}
         return LossOutput.from_features(reconstruction + sparsity + auxiliary, parts, f, x_hat)
+
+
+class _GatedFeatures(torch.autograd.Function):
+    """P = x̃ W_gate [B, M] -> (f = 1[π_gate > 0] ⊙ ReLU(π_mag), ReLU(π_gate)), with
+    π_gate = P + b_gate and π_mag = exp(r_mag) ⊙ P + b_mag, in a few passes over [B, M]:
+
+        ∂L/∂π_mag = ∂L/∂f ⊙ 1[π_gate > 0 ∧ π_mag > 0],  ∂L/∂π_gate = ∂L/∂ReLU(π_gate) ⊙ 1[π_gate > 0]
+        ∂L/∂P = ∂L/∂π_gate + exp(r_mag) ⊙ ∂L/∂π_mag,    ∂L/∂r_mag = exp(r_mag) ⊙ Σ_b P ⊙ ∂L/∂π_mag
+    """
+
+    @staticmethod
+    def forward(ctx, projected: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor):
+        scale = torch.exp(r_mag).to(projected.dtype)
+        pi_gate = projected + b_gate.to(projected.dtype)
+        open_ = pi_gate > 0
+        pi_mag = torch.addcmul(b_mag.to(projected.dtype), projected, scale)
+        passes = open_ & (pi_mag > 0)
+        ctx.save_for_backward(projected, scale, open_, passes)
+        ctx.dtypes = (b_gate.dtype, r_mag.dtype, b_mag.dtype)
+        return torch.where(passes, pi_mag, 0), pi_gate.relu_()
+
+    @staticmethod
+    def backward(ctx, grad_f: Tensor, grad_gate: Tensor):
+        projected, scale, open_, passes = ctx.saved_tensors
+        grad_mag = torch.where(passes, grad_f, 0)
+        grad_pi_gate = torch.where(open_, grad_gate, 0)
+        grad_projected = torch.addcmul(grad_pi_gate, grad_mag, scale)
+        grad_b_mag = grad_mag.sum(0, dtype=torch.float32)
+        grad_r_mag = (grad_mag * projected).sum(0, dtype=torch.float32) * scale.float()
+        grad_b_gate = grad_pi_gate.sum(0, dtype=torch.float32)
+        b_gate_dtype, r_mag_dtype, b_mag_dtype = ctx.dtypes
+        return grad_projected, grad_b_gate.to(b_gate_dtype), grad_r_mag.to(r_mag_dtype), grad_b_mag.to(b_mag_dtype)
+
+
+def gated_features(projected: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor) -> tuple[Tensor, Tensor]:
+    """(f, ReLU(π_gate)) from P = x̃ W_gate: [B, M] each (see _GatedFeatures)."""
+    return _GatedFeatures.apply(projected, b_gate, r_mag, b_mag)

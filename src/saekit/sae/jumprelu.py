@@ -23,47 +23,37 @@ from .base import LossOutput, SparseAutoencoder
 from .config import SAEConfig
 
 
-def _rectangle(u: Tensor) -> Tensor:
-    return (u.abs() < 0.5).to(u.dtype)
+class _JumpReLUWithL0(torch.autograd.Function):
+    """z: [B, M], θ: [M] -> (f = z ⊙ H(z − θ) [B, M], Σ_b Σ_i H(z − θ) as a float32 scalar).
 
+    One function for both, so that forward and backward each walk [B, M] a few times
+    instead of once per elementary op; the backward is the sum of both estimators:
 
-class _JumpReLU(torch.autograd.Function):
+        ∂L/∂z = ∂L/∂f ⊙ H(z − θ)
+        ∂L/∂θ = −(1/ε) Σ_b K((z − θ)/ε) ⊙ (θ ⊙ ∂L/∂f + ∂L/∂count)
+    """
+
     @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(z, threshold)
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float):
+        active = z > threshold
+        ctx.save_for_backward(z, threshold, active)
         ctx.bandwidth = bandwidth
-        return z * (z > threshold).to(z.dtype)
+        return torch.where(active, z, 0), active.sum(dtype=torch.float32)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        z, threshold = ctx.saved_tensors
+    def backward(ctx, grad_f: Tensor, grad_count: Tensor):
+        z, threshold, active = ctx.saved_tensors
         eps = ctx.bandwidth
-        grad_z = grad * (z > threshold).to(grad.dtype)
-        grad_threshold = -(threshold / eps) * _rectangle((z - threshold) / eps) * grad
-        return grad_z, grad_threshold.reshape(-1, z.shape[-1]).sum(0), None
+        grad_z = torch.where(active, grad_f, 0)
+        near = (z - threshold).abs_() < eps / 2  # rectangle kernel K((z − θ)/ε)
+        through = torch.where(near, grad_f * threshold + grad_count.to(grad_f.dtype), 0)
+        grad_threshold = through.sum(0, dtype=torch.float32) * (-1.0 / eps)
+        return grad_z, grad_threshold.to(threshold.dtype), None
 
 
-class _Step(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(z, threshold)
-        ctx.bandwidth = bandwidth
-        return (z > threshold).to(z.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        z, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
-        grad_threshold = -(1.0 / eps) * _rectangle((z - threshold) / eps) * grad
-        return torch.zeros_like(z), grad_threshold.reshape(-1, z.shape[-1]).sum(0), None
-
-
-def jumprelu(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-    return _JumpReLU.apply(z, threshold, bandwidth)
-
-
-def step(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-    return _Step.apply(z, threshold, bandwidth)
+def jumprelu_with_l0(z: Tensor, threshold: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
+    """(JumpReLU_θ(z), number of active entries) with the straight-through gradients above."""
+    return _JumpReLUWithL0.apply(z, threshold, bandwidth)
 
 
 class JumpReluSAE(SparseAutoencoder):
@@ -86,11 +76,10 @@ class JumpReluSAE(SparseAutoencoder):
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
         z = self.pre_activations(x)
         threshold = self.threshold.to(z.dtype)
-        f = jumprelu(z, threshold, self.cfg.jumprelu_bandwidth)
+        f, active = jumprelu_with_l0(z, threshold, self.cfg.jumprelu_bandwidth)
         x_hat = self.decode(f)
         reconstruction = self.reconstruction_error(x, x_hat)
-        l0 = step(z, threshold, self.cfg.jumprelu_bandwidth).float().sum(-1).mean()
-        sparsity = self.coefficient(sparsity_scale) * l0
+        sparsity = self.coefficient(sparsity_scale) * active / z.shape[0]
         parts = {"reconstruction": reconstruction, "sparsity": sparsity}
         return LossOutput.from_features(reconstruction + sparsity, parts, f, x_hat)
 

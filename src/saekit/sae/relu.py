@@ -33,13 +33,17 @@ class ReluSAE(SparseAutoencoder):
         return 1.0
 
     def encode(self, x: Tensor) -> Tensor:
-        return torch.relu(self.pre_activations(x))
+        return self.pre_activations(x).relu_()  # in place: z itself is needed by nobody
 
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
         f = self.encode(x)
         x_hat = self.decode(f)
         reconstruction = self.reconstruction_error(x, x_hat)
-        weighted = f if self.unit_norm_decoder else f * self.decoder_norms()
-        sparsity = self.coefficient(sparsity_scale) * weighted.float().sum(-1).mean()
+        # Σ_t Σ_i f_ti (‖d_i‖) / B, summed over tokens first: one float32-accumulating pass
+        # over f, no float32 copy of it, no [batch, d_sae] product with the norms.
+        per_feature = f.sum(0, dtype=torch.float32)
+        if not self.unit_norm_decoder:
+            per_feature = per_feature * self.decoder_norms()
+        sparsity = self.coefficient(sparsity_scale) * per_feature.sum() / f.shape[0]
         parts = {"reconstruction": reconstruction, "sparsity": sparsity}
         return LossOutput.from_features(reconstruction + sparsity, parts, f, x_hat)

@@ -4,6 +4,11 @@
     z = (x − b_dec) W_enc + b_enc
     TopK:      f = ReLU(z) on the k largest entries of each token's z, 0 elsewhere
     BatchTopK: f = ReLU(z) on the k·B largest entries of the whole batch [B, d_sae]
+               (entries tied with the k·B-th are all kept)
+
+Both train sparsely (sparse_decode.py): only the selected latents are decoded and
+receive encoder gradient; BatchTopK finds its selection among each token's few largest
+pre-activations without sorting the whole batch.
 
 BatchTopK keeps a running threshold θ, the smallest activation it kept, averaged over
 steps; in eval mode it encodes each token alone as f = z ⊙ 1[z > θ] (a JumpReLU).
@@ -20,7 +25,7 @@ from torch import Tensor, nn
 
 from .base import LossOutput, SparseAutoencoder
 from .config import SAEConfig
-from .sparse_decode import select_topk, sparse_decode
+from .sparse_decode import Active, batch_topk_entries, select_batch_topk, select_topk, sparse_decode
 
 
 class TopKSAE(SparseAutoencoder):
@@ -39,15 +44,20 @@ class TopKSAE(SparseAutoencoder):
         values, indices = z.topk(self.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(z).scatter_(-1, indices, torch.relu(values))
 
-    def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
-        """x̂ from the active latents only: [B, k] -> [B, d_in]."""
+    def decode_sparse(self, active: Active) -> Tensor:
+        """x̂ from the active latents only -> [B, d_in]."""
+        values = active.values
         if self.cfg.feature_scale:
-            values = values * self.feature_scale[indices]
-        return sparse_decode(values, indices, self.W_dec) + self.b_dec
+            values = values * self.feature_scale[active.indices]
+        return sparse_decode(values, active.indices, self.W_dec, active.offsets) + self.b_dec
+
+    def select(self, x: Tensor) -> Active:
+        """Training-time active latents, with the sparse backward of sparse_decode.py."""
+        return select_topk(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
 
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
-        values, indices = select_topk(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
-        x_hat = self.decode_sparse(values, indices)
+        active = self.select(x)
+        x_hat = self.decode_sparse(active)
         reconstruction = self.reconstruction_error(x, x_hat)
         parts = {"reconstruction": reconstruction}
         total = reconstruction
@@ -56,10 +66,10 @@ class TopKSAE(SparseAutoencoder):
             parts["auxiliary"] = auxiliary
             total = total + auxiliary
         with torch.no_grad():
-            active = values > 0
+            positive = active.values > 0
             fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
-            fired[indices[active]] = True
-            l0 = active.sum(-1, dtype=torch.float32).mean()
+            fired[active.indices[positive]] = True
+            l0 = positive.sum(dtype=torch.float32) / x.shape[0]
         return LossOutput(total, parts, x_hat, l0, fired)
 
     def auxk_loss(self, x: Tensor, residual: Tensor) -> Tensor | None:
@@ -93,15 +103,20 @@ class BatchTopKSAE(TopKSAE):
         return z * (z > self.threshold).to(z.dtype)
 
     def select_batch(self, z: Tensor) -> Tensor:
-        """f for the whole batch: the k·B largest entries of ReLU(z), [B, d_sae]."""
-        flat = torch.relu(z).flatten()
-        n_keep = min(self.cfg.k * z.shape[0], flat.numel())
-        values, indices = flat.topk(n_keep, sorted=False)
-        return torch.zeros_like(flat).scatter_(0, indices, values).view_as(z)
+        """f for the whole batch: the entries of ReLU(z) at or above the (k·B)-th largest, [B, d_sae]."""
+        values, indices, tokens = batch_topk_entries(z, self.cfg.k)
+        f = torch.zeros_like(z)
+        f[tokens, indices] = values
+        return f
+
+    def select(self, x: Tensor) -> Active:
+        active = select_batch_topk(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
+        self._update_threshold(active.values)
+        return active
 
     @torch.no_grad()
-    def _update_threshold(self, f: Tensor) -> None:
-        kept = f[f > 0]
+    def _update_threshold(self, values: Tensor) -> None:
+        kept = values[values > 0]
         if kept.numel() == 0:
             return
         smallest = kept.min().float()
@@ -110,17 +125,3 @@ class BatchTopKSAE(TopKSAE):
             self.threshold.copy_(smallest)
         else:
             self.threshold.mul_(m).add_((1 - m) * smallest)
-
-    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
-        z = self.pre_activations(x)
-        f = self.select_batch(z)
-        self._update_threshold(f)
-        x_hat = self.decode(f)
-        reconstruction = self.reconstruction_error(x, x_hat)
-        parts = {"reconstruction": reconstruction}
-        total = reconstruction
-        auxiliary = self.auxk_loss(x, (x - x_hat).detach())
-        if auxiliary is not None:
-            parts["auxiliary"] = auxiliary
-            total = total + auxiliary
-        return LossOutput.from_features(total, parts, f, x_hat)

@@ -112,19 +112,26 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_harvest(args: argparse.Namespace) -> None:
     from .data.corpus import default_corpus_path, read_documents, tokenize
-    from .data.harvest import harvest
+    from .data.distributed_harvest import harvest_distributed
     from .data.model import load_model
+    from .distributed import init_distributed_from_env, shutdown
 
-    corpus_path = default_corpus_path() if args.corpus == "default" else Path(args.corpus)
-    documents = read_documents(corpus_path, text_field=args.text_field)
-    loaded = load_model(args.model, dtype=args.model_dtype, device=args.device)
-    max_contexts = None if args.tokens is None else args.tokens // (args.context_size - 1) + 2
-    corpus = tokenize(documents, loaded.tokenizer, args.context_size, max_contexts=max_contexts)
-    hooks = args.hook[0] if len(args.hook) == 1 else args.hook
-    stores = harvest(loaded, corpus, hooks, args.out, max_tokens=args.tokens, dtype=args.dtype,
-                     batch_contexts=args.batch_contexts, overwrite=args.overwrite)
-    for store in (stores.values() if isinstance(stores, dict) else [stores]):
-        print(f"{store.path}: {store.n_tokens:,} tokens x d_in={store.d_in} ({store.dtype})")
+    ctx = init_distributed_from_env()  # under torchrun each rank runs its share of the shards
+    try:
+        corpus_path = default_corpus_path() if args.corpus == "default" else Path(args.corpus)
+        documents = read_documents(corpus_path, text_field=args.text_field)
+        loaded = load_model(args.model, dtype=args.model_dtype, device=args.device)
+        max_contexts = None if args.tokens is None else args.tokens // (args.context_size - 1) + 2
+        corpus = tokenize(documents, loaded.tokenizer, args.context_size, max_contexts=max_contexts)
+        hooks = args.hook[0] if len(args.hook) == 1 else args.hook
+        stores = harvest_distributed(loaded, corpus, hooks, args.out, max_tokens=args.tokens, dtype=args.dtype,
+                                     batch_contexts=args.batch_contexts, overwrite=args.overwrite,
+                                     progress=ctx.is_main)
+        if ctx.is_main:
+            for store in (stores.values() if isinstance(stores, dict) else [stores]):
+                print(f"{store.path}: {store.n_tokens:,} tokens x d_in={store.d_in} ({store.dtype})")
+    finally:
+        shutdown()
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
@@ -152,9 +159,14 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
+    from .distributed import init_distributed_from_env, shutdown
     from .sweep import sweep
 
-    sweep(Path(args.run), archs=args.archs, l0s=args.l0s, steps=args.steps, out=Path(args.out) if args.out else None)
+    init_distributed_from_env()  # under torchrun the SAEs are spread over the ranks
+    try:
+        sweep(Path(args.run), archs=args.archs, l0s=args.l0s, steps=args.steps, out=Path(args.out) if args.out else None)
+    finally:
+        shutdown()
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

@@ -46,7 +46,8 @@ def sweep(run_folder: Path, *, archs: list[str], l0s: list[float], steps: int | 
                               l1_coefficient=None, l0_coefficient=None)
             sae = create(arch, d_in=store.d_in, d_sae=section.width(store.d_in), seed=train_cfg.seed, **section.sae_options())
             sae.cfg.hook, sae.cfg.model = base.config.model.hook, base.config.model.name
-            result = train(sae, store, out=folder / "train", **{**vars(train_cfg), "progress": True})
+            # ctx=DistContext(): this rank trains this SAE alone, whatever the process group.
+            result = train(sae, store, out=folder / "train", ctx=DistContext(), **{**vars(train_cfg), "progress": True})
             result.sae.save(sae_path)
         if not metrics_path.exists():
             _, held_out = base.splits

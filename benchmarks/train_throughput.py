@@ -1,0 +1,188 @@
+"""Training-step throughput of saekit, every architecture, beside its peers in one run.
+
+A row is one full step of saekit's own trainer (``saekit.train.Trainer.step``: activation
+scaling, autocast, the architecture's loss, backward, decoder-gradient projection,
+gradient clipping, Adam, decoder renormalisation, firing statistics, the target-L0
+controller where it applies) at d_in = 576, d_sae = 9216, B = 4096 tokens, measured
+exactly as ``peers.py`` measures SAELens, EleutherAI sparsify, dictionary_learning and a
+plain-PyTorch ReLU SAE: each configuration in a fresh process, median of the timed steps,
+peak resident memory of the step. The peers run in the same invocation, so the ratios
+are read from one run on one machine.
+
+    .venv-bench/bin/python benchmarks/train_throughput.py              # ours + every peer (≈ 15 min)
+    .venv-bench/bin/python benchmarks/train_throughput.py --no-peers   # ours only
+    .venv/bin/python benchmarks/train_throughput.py --no-peers --only 'topk'
+
+The second table reads each saekit row against the fastest peer row that trains the
+same architecture (each peer in its best configuration: bf16 autocast, sparse decoder,
+its default optimiser, whichever is fastest).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _timing import command_line, markdown_table  # noqa: E402
+from peers import PEERS, BenchConfig, _least_disturbed, _library_version, _table, activations, run_isolated  # noqa: E402
+
+ARCHS = ("relu", "gated", "jumprelu", "topk", "batchtopk")
+PRECISIONS = ("bfloat16", "float32")
+
+# Which peer rows train the same thing as a saekit architecture.
+PEER_ROWS = {
+    "relu": r"^(saelens/standard|dictionary_learning/standard|plain/relu)",
+    "gated": r"^(saelens/gated|dictionary_learning/gated)",
+    "jumprelu": r"^(saelens/jumprelu|dictionary_learning/jumprelu)",
+    "topk": r"^(saelens/topk|sparsify/topk|dictionary_learning/topk)",
+    "batchtopk": r"^(saelens/batchtopk|dictionary_learning/batchtopk)",
+}
+
+SAE_OPTIONS = {  # coefficients as the peers' defaults set them; they do not change the work done
+    "relu": {"l1_coefficient": 5.0},
+    "gated": {"l1_coefficient": 5.0},
+    "jumprelu": {"l0_coefficient": 1.0},
+    "topk": {},
+    "batchtopk": {},
+}
+
+
+def build_saekit(cfg: BenchConfig, *, arch: str, precision: str = "bfloat16"):
+    """saekit's Trainer for ``arch``; returns its ``step(x)``.
+
+    The trainer estimates the activation scale and b_dec from one batch (made here, then
+    dropped) before the first step, as it does on real data."""
+    import saekit
+    from saekit.train import Trainer
+
+    options = dict(SAE_OPTIONS[arch])
+    if arch in ("topk", "batchtopk"):
+        options["k"] = cfg.k
+    sae = saekit.create(arch, d_in=cfg.d_in, d_sae=cfg.d_sae, seed=cfg.seed, **options)
+    sample = activations(dataclasses.replace(cfg, n_batches=1))
+    trainer = Trainer(sae, sample, steps=10**9, batch_size=cfg.batch, precision=precision, progress=False,
+                      normalization_tokens=cfg.batch, log_every=10**9, device="cpu")
+    trainer.source = None  # the timed steps are fed by the benchmark
+    del sample
+    gc.collect()
+    return trainer.step
+
+
+def saekit_row(arch: str, precision: str) -> str:
+    return f"saekit/{arch}" + ("+bf16" if precision == "bfloat16" else "")
+
+
+def run_saekit(arch: str, precision: str, cfg: BenchConfig, retries: int, max_stall: float) -> dict:
+    runs = []
+    for _ in range(1 + retries):
+        runs.append(run_isolated(saekit_row(arch, precision), target="train_throughput:build_saekit",
+                                 build_kwargs={"arch": arch, "precision": precision},
+                                 dtype="bf16" if precision == "bfloat16" else "fp32",
+                                 warmup=cfg.warmup, steps=cfg.steps, k=cfg.k))
+        if runs[-1]["cpu_stall"] is None or runs[-1]["cpu_stall"] <= max_stall:
+            break
+    best = min(runs, key=lambda r: r["cpu_stall"] or 0.0)
+    return {**best, "version": _library_version("saekit"), "attempts": len(runs)}
+
+
+def ratio_table(ours: list[dict], peers: list[dict]) -> str:
+    rows = []
+    for r in ours:
+        if "error" in r:
+            continue
+        arch = r["name"].split("/")[1].split("+")[0]
+        pattern = re.compile(PEER_ROWS[arch])
+        rivals = [p for p in peers if pattern.search(p["name"]) and "error" not in p]
+        best = max(rivals, key=lambda p: p["tokens_per_s"], default=None)
+        rows.append({
+            "saekit": r["name"],
+            "tokens/s": r["tokens_per_s"],
+            "fastest peer": best["name"] if best else "(none measured)",
+            "peer tokens/s": best["tokens_per_s"] if best else None,
+            "speed-up": f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}×" if best else None,
+            "peak MiB": r["peak_mb"],
+            "peer peak MiB": best["peak_mb"] if best else None,
+        })
+    return markdown_table(rows, ["saekit", "tokens/s", "fastest peer", "peer tokens/s", "speed-up", "peak MiB",
+                                 "peer peak MiB"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help="regular expression on row names (ours and the peers')")
+    parser.add_argument("--no-peers", action="store_true", help="time saekit's rows only")
+    parser.add_argument("--precision", choices=PRECISIONS, nargs="+", default=list(PRECISIONS))
+    parser.add_argument("--warmup", type=int, default=BenchConfig.warmup)
+    parser.add_argument("--steps", type=int, default=BenchConfig.steps)
+    parser.add_argument("--k", type=int, default=BenchConfig.k)
+    parser.add_argument("--retries", type=int, default=2)
+    parser.add_argument("--max-stall", type=float, default=0.15)
+    parser.add_argument("--no-peak", action="store_true", help="skip the matmul-peak measurement")
+    parser.add_argument("--json", type=Path, help="also write every result to this file")
+    args = parser.parse_args(argv)
+
+    from matmul_peak import measure_matmuls
+
+    cfg = BenchConfig(warmup=args.warmup, steps=args.steps, k=args.k)
+    load_before = os.getloadavg()[0]
+    matmuls = None if args.no_peak else measure_matmuls()
+
+    ours, peers = [], []
+    for arch in ARCHS:
+        for precision in args.precision:
+            name = saekit_row(arch, precision)
+            if not re.search(args.only, name):
+                continue
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            try:
+                ours.append(run_saekit(arch, precision, cfg, args.retries, args.max_stall))
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                ours.append({"name": name, "error": str(error)})
+                print(error, file=sys.stderr)
+    if not args.no_peers:
+        for name in [n for n in PEERS if re.search(args.only, n)]:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            try:
+                peers.append(_least_disturbed(name, cfg, args.retries, args.max_stall))
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                peers.append({"name": name, "version": _library_version(PEERS[name].library), "error": str(error)})
+                print(error, file=sys.stderr)
+    load = os.getloadavg()[0]
+
+    peak: dict[str, float] = {}
+    if matmuls is not None:
+        # The better of a measurement before and after the rows, so one busy moment does
+        # not lower the ceiling the rows are read against.
+        after = measure_matmuls()
+        matmuls = [{key: max(a[key], b[key]) if isinstance(a[key], float) else a[key] for key in a}
+                   for a, b in zip(matmuls, after)]
+        peak = {d: max(row[f"{d} GFLOP/s"] for row in matmuls[:-1]) for d in ("fp32", "bf16")}
+        print(markdown_table(matmuls, ["matmul", "fp32 GFLOP/s", "bf16 GFLOP/s", "fp32 tokens/s", "bf16 tokens/s"]))
+        print()
+    print(
+        f"d_in {cfg.d_in}, d_sae {cfg.d_sae}, batch {cfg.batch} tokens, k {cfg.k}; median of {cfg.steps} steps "
+        f"after {cfg.warmup} warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        + (f"; matmul peak fp32 {peak['fp32']:,.0f} / bf16 {peak['bf16']:,.0f} GFLOP/s" if peak else "")
+        + f"; 1-min load average {load_before:.1f} before, {load:.1f} after ({os.cpu_count()} CPUs)\n"
+    )
+    print(_table(ours + peers, peak))
+    if peers:
+        print()
+        print(ratio_table(ours, peers))
+    print(f"\n`{command_line()}`")
+    if args.json:
+        args.json.write_text(json.dumps({"config": dataclasses.asdict(cfg), "peak": peak, "saekit": ours,
+                                         "peers": peers}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -58,5 +58,13 @@ def load_checkpoint(path: Path, sae: SparseAutoencoder, optimizer: torch.optim.O
     for key, value in tensors.items():
         if key.startswith("adam."):
             name, field = key[len("adam."):].rsplit(".", 1)
-            optimizer.state[params[name]][field] = value.cpu() if field == "step" else value
+            param = params[name]
+            if field == "step":
+                # Fused Adam keeps its step count on the parameter's device, the others on the CPU.
+                value = value.to(param.device if optimizer.defaults.get("fused") else "cpu")
+            else:
+                # The moments take the parameter's memory layout (W_enc may be stored
+                # transposed): a fused update walks parameter and moments in step.
+                value = torch.empty_like(param).copy_(value)
+            optimizer.state[param][field] = value
     return json.loads((path / STATE_FILE).read_text())

@@ -133,12 +133,14 @@ class DistContext:
                 continue
             state = optimizer.state[p]
             if "exp_avg" not in state:
-                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                step_device = p.device if optimizer.defaults.get("fused") else "cpu"
+                state.update(step=torch.tensor(0.0, device=step_device), exp_avg=torch.zeros_like(p),
+                             exp_avg_sq=torch.zeros_like(p))
             moments += [state["exp_avg"], state["exp_avg_sq"]]
             steps.append(state["step"])
         self.broadcast_tensors_(moments, src)
-        if steps:  # step counts live on the CPU; nccl broadcasts from the GPU
-            flat = self.broadcast_(torch.stack([s.reshape(()).float() for s in steps]).to(device), src).cpu()
+        if steps:  # step counts may live on the CPU; nccl broadcasts from the GPU
+            flat = self.broadcast_(torch.stack([s.reshape(()).float().to(device) for s in steps]), src)
             for s, value in zip(steps, flat):
                 s.copy_(value)
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
+from .allocator import keep_freed_memory
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.source import as_source
 from .distributed import DistContext, DistributedError
@@ -195,9 +196,13 @@ class Trainer:
         if cfg.batch_size % ctx.world_size:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the world size {ctx.world_size}.")
 
+        if device.type == "cpu":
+            keep_freed_memory()  # a step's large temporaries reuse the last step's pages
         self.sae = sae
         sae.to(device).train()
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+        # fused: one kernel per parameter for the whole update (CPU and CUDA), not a dozen passes.
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                          fused=device.type in ("cpu", "cuda"))
         self.out = Path(out) if out is not None else None
         self.checkpoint_dir = self.out / "checkpoint" if self.out is not None else None
         self.log_path = self.out / "train_log.jsonl" if self.out is not None else None

@@ -46,10 +46,11 @@ class LossOutput(NamedTuple):
     @classmethod
     def from_features(cls, loss: Tensor, parts: dict[str, Tensor], f: Tensor, x_hat: Tensor) -> "LossOutput":
         with torch.no_grad():
-            # One pass over f: per-feature counts give both the batch L0 and which fired.
-            counts = torch.count_nonzero(f.reshape(-1, f.shape[-1]), dim=0)
-            n_tokens = f.numel() // f.shape[-1]
-            return cls(loss, parts, x_hat, counts.sum().float() / n_tokens, counts > 0)
+            # f ≥ 0, so active is f ≠ 0. These three are the fast kernels for it on CPU
+            # (a comparison or a per-column count over [batch, d_sae] is several times slower).
+            active = f.reshape(-1, f.shape[-1]).bool()
+            l0 = torch.count_nonzero(active).float() / active.shape[0]
+            return cls(loss, parts, x_hat, l0, active.view(torch.uint8).amax(0).bool())
 
 
 class SparseAutoencoder(nn.Module):

@@ -58,7 +58,7 @@ class GatedSAE(SparseAutoencoder):
         x_hat = self.decode(f)
         reconstruction = self.reconstruction_error(x, x_hat)
         # Σ_t Σ_i ReLU(π_gate)_ti ‖d_i‖ / B, summed over tokens first (one pass, no products).
-        sparsity = self.coefficient(sparsity_scale) * (gate.sum(0, dtype=torch.float32) @ self.decoder_norms()) / x.shape[0]
+        sparsity = self.coefficient(sparsity_scale) * (gate.sum(0).float() @ self.decoder_norms()) / x.shape[0]
         x_hat_gate = gate @ self.W_dec.detach() + self.b_dec.detach()
         auxiliary = self.reconstruction_error(x, x_hat_gate)
         parts = {"reconstruction": reconstruction, "sparsity": sparsity, "auxiliary": auxiliary}
@@ -69,8 +69,12 @@ class _GatedFeatures(torch.autograd.Function):
     """P = x̃ W_gate [B, M] -> (f = 1[π_gate > 0] ⊙ ReLU(π_mag), ReLU(π_gate)), with
     π_gate = P + b_gate and π_mag = exp(r_mag) ⊙ P + b_mag, in a few passes over [B, M]:
 
-        ∂L/∂π_mag = ∂L/∂f ⊙ 1[π_gate > 0 ∧ π_mag > 0],  ∂L/∂π_gate = ∂L/∂ReLU(π_gate) ⊙ 1[π_gate > 0]
-        ∂L/∂P = ∂L/∂π_gate + exp(r_mag) ⊙ ∂L/∂π_mag,    ∂L/∂r_mag = exp(r_mag) ⊙ Σ_b P ⊙ ∂L/∂π_mag
+        ∂L/∂π_mag = ∂L/∂f ⊙ 1[f > 0],  ∂L/∂π_gate = ∂L/∂ReLU(π_gate) ⊙ 1[π_gate > 0]
+        ∂L/∂P = ∂L/∂π_gate + exp(r_mag) ⊙ ∂L/∂π_mag
+        ∂L/∂r_mag = exp(r_mag) ⊙ Σ_b P ⊙ ∂L/∂π_mag = Σ_b f ⊙ ∂L/∂π_mag − b_mag ⊙ ∂L/∂b_mag
+
+    (the last since exp(r_mag) ⊙ P = π_mag − b_mag = f − b_mag wherever ∂L/∂π_mag ≠ 0), so
+    the backward keeps f, which the decoder keeps anyway, and one bool mask; not P.
     """
 
     @staticmethod
@@ -79,22 +83,22 @@ class _GatedFeatures(torch.autograd.Function):
         pi_gate = projected + b_gate.to(projected.dtype)
         open_ = pi_gate > 0
         pi_mag = torch.addcmul(b_mag.to(projected.dtype), projected, scale)
-        passes = open_ & (pi_mag > 0)
-        ctx.save_for_backward(projected, scale, open_, passes)
-        ctx.dtypes = (b_gate.dtype, r_mag.dtype, b_mag.dtype)
-        return torch.where(passes, pi_mag, 0), pi_gate.relu_()
+        f = pi_mag.relu_().mul_(open_)
+        ctx.save_for_backward(f, scale, open_, b_mag)
+        ctx.dtypes = (b_gate.dtype, r_mag.dtype)
+        return f, pi_gate.relu_()
 
     @staticmethod
     def backward(ctx, grad_f: Tensor, grad_gate: Tensor):
-        projected, scale, open_, passes = ctx.saved_tensors
-        grad_mag = torch.where(passes, grad_f, 0)
-        grad_pi_gate = torch.where(open_, grad_gate, 0)
-        grad_projected = torch.addcmul(grad_pi_gate, grad_mag, scale)
-        grad_b_mag = grad_mag.sum(0, dtype=torch.float32)
-        grad_r_mag = (grad_mag * projected).sum(0, dtype=torch.float32) * scale.float()
-        grad_b_gate = grad_pi_gate.sum(0, dtype=torch.float32)
-        b_gate_dtype, r_mag_dtype, b_mag_dtype = ctx.dtypes
-        return grad_projected, grad_b_gate.to(b_gate_dtype), grad_r_mag.to(r_mag_dtype), grad_b_mag.to(b_mag_dtype)
+        f, scale, open_, b_mag = ctx.saved_tensors
+        b_gate_dtype, r_mag_dtype = ctx.dtypes
+        grad_mag = grad_f * f.bool()
+        grad_b_mag = grad_mag.sum(0).float()
+        grad_r_mag = (grad_mag * f).sum(0).float() - b_mag.float() * grad_b_mag
+        grad_pi_gate = grad_gate * open_
+        grad_b_gate = grad_pi_gate.sum(0).float()
+        grad_projected = grad_pi_gate.addcmul_(grad_mag, scale)
+        return grad_projected, grad_b_gate.to(b_gate_dtype), grad_r_mag.to(r_mag_dtype), grad_b_mag.to(b_mag.dtype)
 
 
 def gated_features(projected: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor) -> tuple[Tensor, Tensor]:

@@ -31,23 +31,27 @@ class _JumpReLUWithL0(torch.autograd.Function):
 
         ∂L/∂z = ∂L/∂f ⊙ H(z − θ)
         ∂L/∂θ = −(1/ε) Σ_b K((z − θ)/ε) ⊙ (θ ⊙ ∂L/∂f + ∂L/∂count)
+
+    It keeps for the backward only f (which the decoder keeps anyway; H(z − θ) is f ≠ 0,
+    since θ ≥ 0) and the kernel's support as a bool mask, not z.
     """
 
     @staticmethod
     def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float):
         active = z > threshold
-        ctx.save_for_backward(z, threshold, active)
+        near = (z - threshold).abs_() < bandwidth / 2  # rectangle kernel K((z − θ)/ε) ≠ 0
+        f = torch.where(active, z, 0)
+        ctx.save_for_backward(f, threshold, near)
         ctx.bandwidth = bandwidth
-        return torch.where(active, z, 0), active.sum(dtype=torch.float32)
+        return f, torch.count_nonzero(active).float()
 
     @staticmethod
     def backward(ctx, grad_f: Tensor, grad_count: Tensor):
-        z, threshold, active = ctx.saved_tensors
-        eps = ctx.bandwidth
-        grad_z = torch.where(active, grad_f, 0)
-        near = (z - threshold).abs_() < eps / 2  # rectangle kernel K((z − θ)/ε)
-        through = torch.where(near, grad_f * threshold + grad_count.to(grad_f.dtype), 0)
-        grad_threshold = through.sum(0, dtype=torch.float32) * (-1.0 / eps)
+        f, threshold, near = ctx.saved_tensors
+        through = (grad_f * threshold).add_(grad_count.to(grad_f.dtype)).mul_(near)
+        grad_threshold = through.sum(0).float() * (-1.0 / ctx.bandwidth)
+        del through
+        grad_z = grad_f * f.bool()
         return grad_z, grad_threshold.to(threshold.dtype), None
 
 

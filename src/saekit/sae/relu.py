@@ -39,9 +39,9 @@ class ReluSAE(SparseAutoencoder):
         f = self.encode(x)
         x_hat = self.decode(f)
         reconstruction = self.reconstruction_error(x, x_hat)
-        # Σ_t Σ_i f_ti (‖d_i‖) / B, summed over tokens first: one float32-accumulating pass
-        # over f, no float32 copy of it, no [batch, d_sae] product with the norms.
-        per_feature = f.sum(0, dtype=torch.float32)
+        # Σ_t Σ_i f_ti (‖d_i‖) / B, summed over tokens first: one pass over f (the CPU
+        # accumulates a bf16 sum in float32; asking for a float32 result would copy f).
+        per_feature = f.sum(0).float()
         if not self.unit_norm_decoder:
             per_feature = per_feature * self.decoder_norms()
         sparsity = self.coefficient(sparsity_scale) * per_feature.sum() / f.shape[0]

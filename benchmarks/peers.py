@@ -406,15 +406,41 @@ def _table(results: list[dict], peak: dict[str, float]) -> str:
     return markdown_table(rows, columns)
 
 
-def _least_disturbed(name: str, cfg: BenchConfig, retries: int, max_stall: float) -> dict:
-    """run_isolated, repeated while a neighbour held the CPU; the run with the least stall."""
+def _least_disturbed(name: str, cfg: BenchConfig, retries: int, max_stall: float, **run_kwargs) -> dict:
+    """run_isolated (``run_kwargs``: target, build_kwargs, dtype), repeated while a neighbour
+    held the CPU; the run with the least stall."""
     runs = []
     for _ in range(1 + retries):
-        runs.append(run_isolated(name, warmup=cfg.warmup, steps=cfg.steps, k=cfg.k))
+        runs.append(run_isolated(name, warmup=cfg.warmup, steps=cfg.steps, k=cfg.k, **run_kwargs))
         if runs[-1]["cpu_stall"] is None or runs[-1]["cpu_stall"] <= max_stall:
             break
     best = min(runs, key=lambda r: r["cpu_stall"] or 0.0)
     return {**best, "attempts": len(runs)}
+
+
+def print_peak_and_header(cfg: BenchConfig, matmuls_before: list[dict] | None, load_before: float, load: float) -> dict[str, float]:
+    """Print the matmul table and the line that describes the run; return the fp32/bf16
+    peaks (empty without a matmul measurement). The matmuls are measured again now and
+    each cell keeps the better of the two, so one busy moment on a shared machine does
+    not lower the ceiling the rows are read against."""
+    from matmul_peak import measure_matmuls
+
+    peak: dict[str, float] = {}
+    if matmuls_before is not None:
+        matmuls = [
+            {key: max(a[key], b[key]) if isinstance(a[key], float) else a[key] for key in a}
+            for a, b in zip(matmuls_before, measure_matmuls())
+        ]
+        peak = {d: max(row[f"{d} GFLOP/s"] for row in matmuls[:-1]) for d in ("fp32", "bf16")}
+        print(markdown_table(matmuls, ["matmul", "fp32 GFLOP/s", "bf16 GFLOP/s", "fp32 tokens/s", "bf16 tokens/s"]))
+        print()
+    print(
+        f"d_in {cfg.d_in}, d_sae {cfg.d_sae}, batch {cfg.batch} tokens, k {cfg.k}; median of {cfg.steps} steps "
+        f"after {cfg.warmup} warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        + (f"; matmul peak fp32 {peak['fp32']:,.0f} / bf16 {peak['bf16']:,.0f} GFLOP/s" if peak else "")
+        + f"; 1-min load average {load_before:.1f} before, {load:.1f} after ({os.cpu_count()} CPUs)\n"
+    )
+    return peak
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -456,23 +482,7 @@ def main(argv: list[str] | None = None) -> None:
             print(error, file=sys.stderr)
     load = os.getloadavg()[0]
 
-    peak: dict[str, float] = {}
-    if not args.no_peak:
-        # Measured before and after the configurations; each cell keeps the better of the
-        # two, so one busy moment on a shared machine does not lower the ceiling.
-        matmuls = [
-            {key: max(a[key], b[key]) if isinstance(a[key], float) else a[key] for key in a}
-            for a, b in zip(matmuls_before, measure_matmuls())
-        ]
-        peak = {d: max(row[f"{d} GFLOP/s"] for row in matmuls[:-1]) for d in ("fp32", "bf16")}
-        print(markdown_table(matmuls, ["matmul", "fp32 GFLOP/s", "bf16 GFLOP/s", "fp32 tokens/s", "bf16 tokens/s"]))
-        print()
-    print(
-        f"d_in {cfg.d_in}, d_sae {cfg.d_sae}, batch {cfg.batch} tokens, k {cfg.k}; median of {cfg.steps} steps "
-        f"after {cfg.warmup} warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads"
-        + (f"; matmul peak fp32 {peak['fp32']:,.0f} / bf16 {peak['bf16']:,.0f} GFLOP/s" if peak else "")
-        + f"; 1-min load average {load_before:.1f} before, {load:.1f} after ({os.cpu_count()} CPUs)\n"
-    )
+    peak = print_peak_and_header(cfg, matmuls_before, load_before, load)
     print(_table(results, peak))
     print(f"\n`{command_line()}`")
     if args.json:

@@ -29,11 +29,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import command_line, markdown_table  # noqa: E402
-from peers import PEERS, BenchConfig, _least_disturbed, _library_version, _table, activations, run_isolated  # noqa: E402
+from peers import (  # noqa: E402
+    PEERS, BenchConfig, _least_disturbed, _library_version, _table, activations, print_peak_and_header,
+)
 
 ARCHS = ("relu", "gated", "jumprelu", "topk", "batchtopk")
 PRECISIONS = ("bfloat16", "float32")
@@ -82,16 +83,10 @@ def saekit_row(arch: str, precision: str) -> str:
 
 
 def run_saekit(arch: str, precision: str, cfg: BenchConfig, retries: int, max_stall: float) -> dict:
-    runs = []
-    for _ in range(1 + retries):
-        runs.append(run_isolated(saekit_row(arch, precision), target="train_throughput:build_saekit",
-                                 build_kwargs={"arch": arch, "precision": precision},
-                                 dtype="bf16" if precision == "bfloat16" else "fp32",
-                                 warmup=cfg.warmup, steps=cfg.steps, k=cfg.k))
-        if runs[-1]["cpu_stall"] is None or runs[-1]["cpu_stall"] <= max_stall:
-            break
-    best = min(runs, key=lambda r: r["cpu_stall"] or 0.0)
-    return {**best, "version": _library_version("saekit"), "attempts": len(runs)}
+    result = _least_disturbed(saekit_row(arch, precision), cfg, retries, max_stall,
+                              target="train_throughput:build_saekit", build_kwargs={"arch": arch, "precision": precision},
+                              dtype="bf16" if precision == "bfloat16" else "fp32")
+    return {**result, "version": _library_version("saekit")}
 
 
 def ratio_table(ours: list[dict], peers: list[dict]) -> str:
@@ -158,22 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(error, file=sys.stderr)
     load = os.getloadavg()[0]
 
-    peak: dict[str, float] = {}
-    if matmuls is not None:
-        # The better of a measurement before and after the rows, so one busy moment does
-        # not lower the ceiling the rows are read against.
-        after = measure_matmuls()
-        matmuls = [{key: max(a[key], b[key]) if isinstance(a[key], float) else a[key] for key in a}
-                   for a, b in zip(matmuls, after)]
-        peak = {d: max(row[f"{d} GFLOP/s"] for row in matmuls[:-1]) for d in ("fp32", "bf16")}
-        print(markdown_table(matmuls, ["matmul", "fp32 GFLOP/s", "bf16 GFLOP/s", "fp32 tokens/s", "bf16 tokens/s"]))
-        print()
-    print(
-        f"d_in {cfg.d_in}, d_sae {cfg.d_sae}, batch {cfg.batch} tokens, k {cfg.k}; median of {cfg.steps} steps "
-        f"after {cfg.warmup} warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads"
-        + (f"; matmul peak fp32 {peak['fp32']:,.0f} / bf16 {peak['bf16']:,.0f} GFLOP/s" if peak else "")
-        + f"; 1-min load average {load_before:.1f} before, {load:.1f} after ({os.cpu_count()} CPUs)\n"
-    )
+    peak = print_peak_and_header(cfg, matmuls, load_before, load)
     print(_table(ours + peers, peak))
     if peers:
         print()

@@ -36,14 +36,38 @@ class ReluSAE(SparseAutoencoder):
         return self.pre_activations(x).relu_()  # in place: z itself is needed by nobody
 
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
-        f = self.encode(x)
+        f, per_feature = relu_with_column_sums(self.pre_activations(x))
         x_hat = self.decode(f)
         reconstruction = self.reconstruction_error(x, x_hat)
-        # Σ_t Σ_i f_ti (‖d_i‖) / B, summed over tokens first: one pass over f (the CPU
-        # accumulates a bf16 sum in float32; asking for a float32 result would copy f).
-        per_feature = f.sum(0).float()
+        # Σ_t Σ_i f_ti (‖d_i‖) / B, from the per-feature sums over tokens.
         if not self.unit_norm_decoder:
             per_feature = per_feature * self.decoder_norms()
         sparsity = self.coefficient(sparsity_scale) * per_feature.sum() / f.shape[0]
         parts = {"reconstruction": reconstruction, "sparsity": sparsity}
         return LossOutput.from_features(reconstruction + sparsity, parts, f, x_hat)
+
+
+class _ReluWithColumnSums(torch.autograd.Function):
+    """z: [B, M] -> (f = ReLU(z) computed in place, Σ_b f_b: [M] float32).
+
+    The L1 penalty's gradient is one value per feature, so the backward adds it to the
+    decoder's gradient and masks once, ∂L/∂z = (∂L/∂f + ∂L/∂Σf) ⊙ 1[f > 0], instead of
+    materialising the penalty's [B, M] gradient and accumulating it separately."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor):
+        f = z.relu_()
+        ctx.mark_dirty(z)
+        ctx.save_for_backward(f)
+        # The CPU accumulates a bf16 sum in float32; asking for a float32 result would copy f.
+        return f, f.sum(0).float()
+
+    @staticmethod
+    def backward(ctx, grad_f: Tensor, grad_sums: Tensor):
+        (f,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad_f + grad_sums.to(grad_f.dtype), f, 0)
+
+
+def relu_with_column_sums(z: Tensor) -> tuple[Tensor, Tensor]:
+    """(ReLU(z) [B, M], its sums over the batch [M] float32), with the fused backward above."""
+    return _ReluWithColumnSums.apply(z)

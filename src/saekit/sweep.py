@@ -82,6 +82,7 @@ def plot_pareto(rows: list[dict], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     for metric, label, name in (("fvu", "fraction of variance unexplained (lower is better)", "pareto_fvu.png"),
                                 ("loss_recovered", "loss recovered (higher is better)", "pareto_loss_recovered.png")):
@@ -91,6 +92,8 @@ def plot_pareto(rows: list[dict], out: Path) -> None:
             if points:
                 axes.plot(*zip(*points), marker="o", label=arch)
         axes.set_xscale("log")
+        axes.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 16, 32, 64, not 1.6×10¹
+        axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axes.set_xlabel("L0 (active features per token)")
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)

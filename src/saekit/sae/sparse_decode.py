@@ -10,8 +10,8 @@ matmul (needed to choose the top k) can be sparse:
               ∂L/∂W_enc[:, m] = Σ_{(b,j): i_bj = m} γ_bj x̃_b  (one sparse × dense matmul)
               ∂L/∂b_enc[m] = Σ_{(b,j): i_bj = m} γ_bj,  ∂L/∂b_dec ⊃ −W_enc ∂L/∂b_enc
 
-with γ_bj the gradient reaching the selected pre-activation. ``dense_topk_reference``
-is the plain-PyTorch computation the tests compare these against.
+with γ_bj the gradient reaching the selected pre-activation. tests/test_reference.py
+compares losses and gradients with dense plain-PyTorch references written from the papers.
 """
 from __future__ import annotations
 
@@ -159,11 +159,3 @@ def select_batch_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k:
     values, indices, tokens = _SelectBatchTopK.apply(x, W_enc, b_enc, b_dec, k, compute_dtype(W_enc))
     counts = torch.bincount(tokens, minlength=x.shape[0])
     return Active(values, indices, torch.cumsum(counts, 0) - counts)
-
-
-def dense_topk_reference(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, W_dec: Tensor, k: int) -> Tensor:
-    """x̂ of a TopK SAE computed densely with plain PyTorch ops (for tests)."""
-    z = (x - b_dec) @ W_enc + b_enc
-    top = z.topk(k, dim=-1)
-    f = torch.zeros_like(z).scatter(-1, top.indices, torch.relu(top.values))
-    return f @ W_dec + b_dec

@@ -201,7 +201,7 @@ class Trainer:
         self.sae = sae
         sae.to(device).train()
         # fused: one kernel per parameter for the whole update (CPU and CUDA), not a dozen passes.
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+        self.optimizer = torch.optim.Adam(sae.optimizer_groups(), lr=cfg.lr, betas=cfg.adam_betas,
                                           fused=device.type in ("cpu", "cuda"))
         self.out = Path(out) if out is not None else None
         self.checkpoint_dir = self.out / "checkpoint" if self.out is not None else None
@@ -270,7 +270,7 @@ class Trainer:
             raise ValueError(f"the data source gave a batch of {x.shape[0]} rows where {self.per_rank} were asked for.")
         x = x * self.scale
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr_at(step)
+            group["lr"] = cfg.lr_at(step) * group.get("lr_scale", 1.0)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             output = sae.loss(x, sparsity_scale=cfg.sparsity_scale_at(step))
         optimizer.zero_grad(set_to_none=True)

@@ -139,6 +139,11 @@ class SparseAutoencoder(nn.Module):
     def coefficient(self, sparsity_scale: float) -> Tensor:
         return self.sparsity_coefficient * sparsity_scale
 
+    def optimizer_groups(self) -> list[dict]:
+        """Parameter groups for the optimiser; a group's ``lr_scale`` multiplies the
+        trainer's learning rate for its parameters (1 when absent)."""
+        return [{"params": list(self.parameters())}]
+
     # ---- hooks the trainer calls around each optimiser step -------------------------------
     @torch.no_grad()
     def before_optimizer_step(self) -> None:

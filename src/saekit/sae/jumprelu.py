@@ -16,6 +16,8 @@ barely moves. It is clamped at 0 after every step.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -86,6 +88,16 @@ class JumpReluSAE(SparseAutoencoder):
         sparsity = self.coefficient(sparsity_scale) * active / z.shape[0]
         parts = {"reconstruction": reconstruction, "sparsity": sparsity}
         return LossOutput.from_features(reconstruction + sparsity, parts, f, x_hat)
+
+    def optimizer_groups(self) -> list[dict]:
+        """θ learns √d_in times faster than the weights. Adam moves every parameter by about
+        the learning rate a step, whatever its scale; encoder weights are O(1/√d_in) while
+        thresholds live on the scale of pre-activations, O(1) for activations normalised to
+        E‖x‖ = √d_in. At one learning rate θ could travel only ~lr a step, and a run that
+        starts with half its features firing would need thousands of steps to reach a
+        target L0 of tens."""
+        others = [p for name, p in self.named_parameters() if name != "threshold"]
+        return [{"params": others}, {"params": [self.threshold], "lr_scale": math.sqrt(self.d_in)}]
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

@@ -92,7 +92,8 @@ def plot_pareto(rows: list[dict], out: Path) -> None:
             if points:
                 axes.plot(*zip(*points), marker="o", label=arch)
         axes.set_xscale("log")
-        axes.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 16, 32, 64, not 1.6×10¹
+        axes.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=2))  # 16, 32, 64, not 1.6×10¹
+        axes.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axes.set_xlabel("L0 (active features per token)")
         axes.set_ylabel(label)

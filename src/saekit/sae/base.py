@@ -112,7 +112,10 @@ class SparseAutoencoder(nn.Module):
         """(x − b_dec) W_enc + b_enc: [..., d_sae], computed as x W_enc + (b_enc − b_dec W_enc)
         so that the backward pass needs no gradient with respect to x (one matmul fewer),
         with the bias added inside the matmul (no separate pass over [batch, d_sae])."""
-        bias = self.b_enc - self.b_dec @ self.W_enc
+        return self.encoder_matmul(x, self.b_enc - self.b_dec @ self.W_enc)
+
+    def encoder_matmul(self, x: Tensor, bias: Tensor) -> Tensor:
+        """x W_enc + bias: [..., d_sae], the bias added inside the matmul for a [batch, d_in] x."""
         if x.ndim == 2:
             return torch.addmm(bias, x, self.W_enc)
         return x @ self.W_enc + bias

@@ -42,19 +42,15 @@ class GatedSAE(SparseAutoencoder):
     def default_coefficient(cls) -> float:
         return 1.0
 
-    def gate_and_magnitude(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """π_gate, π_mag: [..., d_sae]."""
-        projected = x @ self.W_enc - self.b_dec @ self.W_enc  # no gradient w.r.t. x needed
-        return projected + self.b_gate, projected * torch.exp(self.r_mag) + self.b_mag
+    def projection(self, x: Tensor) -> Tensor:
+        """P = (x − b_dec) W_gate = x W_gate − b_dec W_gate: [..., d_sae] (no gradient w.r.t. x needed)."""
+        return self.encoder_matmul(x, -(self.b_dec @ self.W_enc))
 
     def encode(self, x: Tensor) -> Tensor:
-        pi_gate, pi_mag = self.gate_and_magnitude(x)
-        return (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
+        return gated_features(self.projection(x), self.b_gate, self.r_mag, self.b_mag)[0]
 
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
-        # x̃ W_gate, with −b_dec W_gate added inside the matmul: [B, d_sae]
-        projected = torch.addmm(-(self.b_dec @ self.W_enc), x, self.W_enc)
-        f, gate = gated_features(projected, self.b_gate, self.r_mag, self.b_mag)
+        f, gate = gated_features(self.projection(x), self.b_gate, self.r_mag, self.b_mag)
         x_hat = self.decode(f)
         reconstruction = self.reconstruction_error(x, x_hat)
         # Σ_t Σ_i ReLU(π_gate)_ti ‖d_i‖ / B, summed over tokens first (one pass, no products).

@@ -10,6 +10,12 @@ trim it makes the second step reuse the first step's pages. Peak memory is uncha
 (it is set by the largest step); memory freed after training stays reserved by the
 process until it exits.
 
+It must happen while no other thread can be inside malloc: mallopt changes malloc's
+parameters without stopping other threads, and a torch.distributed process group's
+communication threads allocate at any moment (changing it under them crashed ranks with
+SIGABRT). So it is skipped once a process group exists; the command line applies it
+first thing, before any group is made.
+
 Set SAEKIT_KEEP_FREED_MEMORY=0 to leave malloc as it is.
 """
 from __future__ import annotations
@@ -29,6 +35,10 @@ def keep_freed_memory() -> bool:
     if _done:
         return True
     if not sys.platform.startswith("linux") or os.environ.get("SAEKIT_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # its threads may be in malloc now
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

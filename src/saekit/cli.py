@@ -294,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # now, before a command starts torch.distributed's threads
     try:
         args.func(args)
     except KeyboardInterrupt:

@@ -123,12 +123,15 @@ def time_steps(step: Callable[[int], object], warmup: int = 3, steps: int = 10) 
     )
 
 
-def sae_step_flops(batch: int, d_in: int, d_sae: int) -> float:
+def sae_step_flops(batch: int, d_in: int, d_sae: int, arch: str = "") -> float:
     """Nominal FLOPs of one dense SAE training step: five [B, d_in] × [d_in, d_sae]-sized
     matmuls (encode, decode; backward: dL/dW_dec, dL/df, dL/dW_enc — the input needs no
-    gradient), 2·B·d_in·d_sae each. Sparse decoders do less real work, so their GFLOP/s
-    on this count is an *effective* rate that can exceed the matmul peak."""
-    return 10.0 * batch * d_in * d_sae
+    gradient), 2·B·d_in·d_sae each; seven for a gated SAE, whose auxiliary loss decodes
+    ReLU(π_gate) too and back-propagates through that decode to the gate (a row whose name
+    contains "gated"). Sparse paths do less real work, so their GFLOP/s on this count is an
+    *effective* rate that can exceed the matmul peak."""
+    matmuls = 7 if "gated" in arch else 5
+    return 2.0 * matmuls * batch * d_in * d_sae
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str], *, floatfmt: str = ",.0f") -> str:

@@ -69,6 +69,13 @@ class BenchConfig:
     """Timed steps; tokens/s is batch / median step time."""
     seed: int = 0
     """Seed for the activations and every SAE's initialisation."""
+    l0: float | None = None
+    """Time the step of a run past its first steps: before timing, shift each feature's
+    bias (or threshold) so that about l0 features fire per token, as they do once the
+    sparsity penalty has acted (a fresh ReLU SAE fires half its features). Applied to
+    saekit and to the plain-PyTorch rows; the other peers' steps are dense matmuls and
+    elementwise passes whose cost does not depend on how many features fire (the plain
+    rows show it), so they run as built. None: as initialised."""
 
 
 def activations(cfg: BenchConfig) -> Tensor:
@@ -232,11 +239,21 @@ class PlainReLUSAE(nn.Module):
         return (x_hat - x).pow(2).sum(-1).mean() + self.l1_coefficient * f.sum(-1).mean()
 
 
+def firing_quantile(z: Tensor, l0: float) -> Tensor:
+    """[d_sae]: each feature's pre-activation exceeded by about l0 / d_sae of the tokens, so
+    that a bias of minus this (or a threshold of this) makes about l0 features fire per token."""
+    return torch.quantile(z[:1024].float(), 1 - l0 / z.shape[1], dim=0)
+
+
 def plain_relu(*, autocast: bool = False) -> Callable[[BenchConfig], StepFn]:
     """PlainReLUSAE with Adam; ``autocast``: forward and loss under CPU bf16 autocast."""
 
     def build(cfg: BenchConfig) -> StepFn:
         sae = PlainReLUSAE(cfg.d_in, cfg.d_sae)
+        if cfg.l0 is not None:
+            with torch.no_grad():
+                x = activations(dataclasses.replace(cfg, n_batches=1))
+                sae.b_enc -= firing_quantile((x - sae.b_dec) @ sae.W_enc + sae.b_enc, cfg.l0)
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
 
         def step(x: Tensor) -> object:
@@ -312,7 +329,8 @@ def _resolve(target: str) -> Callable[..., StepFn]:
 
 
 def measure(
-    build: Callable[..., StepFn], cfg: BenchConfig, *, imports: tuple[str, ...] = (), flops_dtype: str = "fp32", **build_kwargs
+    build: Callable[..., StepFn], cfg: BenchConfig, *, imports: tuple[str, ...] = (), flops_dtype: str = "fp32",
+    name: str = "", **build_kwargs
 ) -> dict:
     """In this process: import ``imports``, make the data, take the memory baseline, build the
     SAE and optimiser, time the steps. Returns tokens_per_s, gflops, peak_mb, step_mb,
@@ -328,7 +346,7 @@ def measure(
     timing = time_steps(lambda i: step(batches[i % len(batches)]), warmup=cfg.warmup, steps=cfg.steps)
     return {
         "tokens_per_s": cfg.batch / timing.median_s,
-        "gflops": sae_step_flops(cfg.batch, cfg.d_in, cfg.d_sae) / timing.median_s / 1e9,
+        "gflops": sae_step_flops(cfg.batch, cfg.d_in, cfg.d_sae, name) / timing.median_s / 1e9,
         "peak_mb": timing.peak_mb - baseline,
         "step_mb": timing.step_mb,
         "rss_peak_mb": timing.peak_mb,
@@ -344,10 +362,10 @@ def measure(
 def _worker(name: str, target: str | None, cfg: BenchConfig, build_kwargs: dict, dtype: str) -> dict:
     if target is None:
         peer = PEERS[name]
-        result = measure(peer.build, cfg, imports=peer.imports, flops_dtype=peer.dtype)
+        result = measure(peer.build, cfg, imports=peer.imports, flops_dtype=peer.dtype, name=name)
         result.update(version=_library_version(peer.library), note=peer.note or None)
     else:
-        result = measure(_resolve(target), cfg, flops_dtype=dtype, **build_kwargs)
+        result = measure(_resolve(target), cfg, flops_dtype=dtype, name=name, **build_kwargs)
     return result
 
 
@@ -411,7 +429,7 @@ def _least_disturbed(name: str, cfg: BenchConfig, retries: int, max_stall: float
     held the CPU; the run with the least stall."""
     runs = []
     for _ in range(1 + retries):
-        runs.append(run_isolated(name, warmup=cfg.warmup, steps=cfg.steps, k=cfg.k, **run_kwargs))
+        runs.append(run_isolated(name, warmup=cfg.warmup, steps=cfg.steps, k=cfg.k, l0=cfg.l0, **run_kwargs))
         if runs[-1]["cpu_stall"] is None or runs[-1]["cpu_stall"] <= max_stall:
             break
     best = min(runs, key=lambda r: r["cpu_stall"] or 0.0)
@@ -435,7 +453,9 @@ def print_peak_and_header(cfg: BenchConfig, matmuls_before: list[dict] | None, l
         print(markdown_table(matmuls, ["matmul", "fp32 GFLOP/s", "bf16 GFLOP/s", "fp32 tokens/s", "bf16 tokens/s"]))
         print()
     print(
-        f"d_in {cfg.d_in}, d_sae {cfg.d_sae}, batch {cfg.batch} tokens, k {cfg.k}; median of {cfg.steps} steps "
+        f"d_in {cfg.d_in}, d_sae {cfg.d_sae}, batch {cfg.batch} tokens, k {cfg.k}"
+        + (f", biases set for L0 ≈ {cfg.l0:g} (relu, gated, jumprelu, plain)" if cfg.l0 is not None else "")
+        + f"; median of {cfg.steps} steps "
         f"after {cfg.warmup} warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads"
         + (f"; matmul peak fp32 {peak['fp32']:,.0f} / bf16 {peak['bf16']:,.0f} GFLOP/s" if peak else "")
         + f"; 1-min load average {load_before:.1f} before, {load:.1f} after ({os.cpu_count()} CPUs)\n"
@@ -449,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=BenchConfig.warmup)
     parser.add_argument("--steps", type=int, default=BenchConfig.steps)
     parser.add_argument("--k", type=int, default=BenchConfig.k)
+    parser.add_argument("--l0", type=float, default=None, help="see BenchConfig.l0")
     parser.add_argument(
         "--retries", type=int, default=2,
         help="re-run a configuration up to this many times while the CPU was oversubscribed "
@@ -469,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from matmul_peak import measure_matmuls
 
-    cfg = BenchConfig(warmup=args.warmup, steps=args.steps, k=args.k)
+    cfg = BenchConfig(warmup=args.warmup, steps=args.steps, k=args.k, l0=args.l0)
     load_before = os.getloadavg()[0]
     matmuls_before = None if args.no_peak else measure_matmuls()
     results = []

@@ -29,11 +29,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import command_line, markdown_table  # noqa: E402
 from peers import (  # noqa: E402
-    PEERS, BenchConfig, _least_disturbed, _library_version, _table, activations, print_peak_and_header,
+    PEERS, BenchConfig, _least_disturbed, _library_version, _table, activations, firing_quantile, print_peak_and_header,
 )
 
 ARCHS = ("relu", "gated", "jumprelu", "topk", "batchtopk")
@@ -73,9 +75,29 @@ def build_saekit(cfg: BenchConfig, *, arch: str, precision: str = "bfloat16"):
     trainer = Trainer(sae, sample, steps=10**9, batch_size=cfg.batch, precision=precision, progress=False,
                       normalization_tokens=cfg.batch, log_every=10**9, device="cpu")
     trainer.source = None  # the timed steps are fed by the benchmark
+    if cfg.l0 is not None and arch in FIRING_PARAMETER:
+        set_l0(sae, sample * trainer.scale, cfg.l0)
     del sample
     gc.collect()
     return trainer.step
+
+
+FIRING_PARAMETER = {"relu": "b_enc", "gated": "b_gate", "jumprelu": "threshold"}
+"""The parameter that decides whether a feature fires, for BenchConfig.l0 (topk and
+batchtopk fire k per token by construction)."""
+
+
+@torch.no_grad()
+def set_l0(sae, x, l0: float) -> None:
+    """Shift the firing parameter so that about l0 features fire per token on x."""
+    name = FIRING_PARAMETER[sae.arch]
+    current = getattr(sae, name)
+    gate = sae.projection(x) + sae.b_gate if sae.arch == "gated" else sae.pre_activations(x)
+    quantile = firing_quantile(gate, l0)
+    if name == "threshold":
+        current.copy_(quantile.clamp_min(0))
+    else:
+        current -= quantile
 
 
 def saekit_row(arch: str, precision: str) -> str:
@@ -119,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=BenchConfig.warmup)
     parser.add_argument("--steps", type=int, default=BenchConfig.steps)
     parser.add_argument("--k", type=int, default=BenchConfig.k)
+    parser.add_argument("--l0", type=float, default=None, help="see BenchConfig.l0 in peers.py")
     parser.add_argument("--retries", type=int, default=2)
     parser.add_argument("--max-stall", type=float, default=0.15)
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul-peak measurement")
@@ -127,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from matmul_peak import measure_matmuls
 
-    cfg = BenchConfig(warmup=args.warmup, steps=args.steps, k=args.k)
+    cfg = BenchConfig(warmup=args.warmup, steps=args.steps, k=args.k, l0=args.l0)
     load_before = os.getloadavg()[0]
     matmuls = None if args.no_peak else measure_matmuls()
 

@@ -37,6 +37,22 @@ def test_loss_and_gradients_on_the_gpu_equal_the_cpu(arch):
         torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-3, atol=1e-4, msg=f"gradient of {name}")
 
 
+@pytest.mark.parametrize("arch", ["relu", "gated", "jumprelu"])
+def test_sparse_training_path_on_the_gpu_equals_the_dense_path(arch):
+    """The sparse path's device-specific kernels (COO products, float32 embedding_bag)."""
+    dense = saekit.create(arch, d_in=32, d_sae=128, seed=0, **ARCHS[arch]).cuda()
+    sparse = saekit.create(arch, d_in=32, d_sae=128, seed=0, **ARCHS[arch]).cuda()
+    dense.sparse_below, sparse.sparse_below = 0.0, 2.0
+    x = torch.randn(256, 32, generator=torch.Generator().manual_seed(1)).cuda()
+    expected, got = dense.loss(x), sparse.loss(x)
+    expected.loss.backward()
+    got.loss.backward()
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.l0, expected.l0)
+    for (name, p_dense), (_, p_sparse) in zip(dense.named_parameters(), sparse.named_parameters()):
+        torch.testing.assert_close(p_sparse.grad, p_dense.grad, rtol=1e-3, atol=1e-4, msg=f"gradient of {name}")
+
+
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_bf16_autocast_on_the_gpu_matches_float32(toy_x, arch):
     options = dict(steps=300, batch_size=512, lr=3e-3, progress=False, device="cuda")

@@ -86,21 +86,30 @@ def check_gradients(sae, reference_loss, x, exclude=()):
         torch.testing.assert_close(param.grad, p[name].grad, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
 
 
+PATHS = {"dense": 0.0, "sparse": 2.0}  # sparse_below: never, always
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("decoder_norm", ["unit", "weighted"])
-def test_relu(decoder_norm):
+def test_relu(decoder_norm, path):
     sae = randomise(saekit.create("relu", d_in=D_IN, d_sae=D_SAE, l1_coefficient=0.7, decoder_norm=decoder_norm))
+    sae.sparse_below = PATHS[path]
     x = torch.randn(BATCH, D_IN)
     check_gradients(sae, lambda p, x: reference_relu(p, x, 0.7, decoder_norm == "weighted"), x)
 
 
-def test_gated():
+@pytest.mark.parametrize("path", list(PATHS))
+def test_gated(path):
     sae = randomise(saekit.create("gated", d_in=D_IN, d_sae=D_SAE, l1_coefficient=0.3))
+    sae.sparse_below = PATHS[path]
     check_gradients(sae, lambda p, x: reference_gated(p, x, 0.3), torch.randn(BATCH, D_IN))
 
 
-def test_jumprelu_loss_and_straight_through_gradients():
+@pytest.mark.parametrize("path", list(PATHS))
+def test_jumprelu_loss_and_straight_through_gradients(path):
     eps, lam = 0.5, 0.2
     sae = randomise(saekit.create("jumprelu", d_in=D_IN, d_sae=D_SAE, l0_coefficient=lam, jumprelu_bandwidth=eps))
+    sae.sparse_below = PATHS[path]
     x = torch.randn(BATCH, D_IN)
     p = params(sae)
     theta = p["threshold"].detach()
@@ -191,3 +200,60 @@ def test_batch_topk_keeps_every_entry_tied_with_the_threshold():
     expected = {(t, i) for t, i in torch.nonzero((z >= tau) & (z > 0)).tolist()}
     assert {(int(t), int(i)) for t, i in zip(tokens, indices)} == expected
     assert len(expected) >= 3 * 32
+
+
+def _batch_topk_by_definition(z, k):
+    """{(token, latent): value} of the entries of ReLU(z) at or above its (k·B)-th largest."""
+    tau = torch.relu(z.float()).flatten().topk(k * z.shape[0]).values.min()
+    return {(t, i): float(z[t, i]) for t, i in torch.nonzero((z.float() >= tau) & (z > 0)).tolist()}
+
+
+@pytest.mark.parametrize("case", ["random", "sample_sees_only_large", "sample_sees_only_small", "few_positive", "odd_size"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_topk_selection_does_not_depend_on_its_threshold_estimate(case, dtype):
+    """The threshold is estimated from a strided sample; where the sample misleads (the
+    sampled entries all larger, or all smaller, than the rest; fewer positive entries than
+    k·B), the result must still be the exact BatchTopK selection."""
+    from saekit.sae.sparse_decode import batch_topk_entries
+
+    generator = torch.Generator().manual_seed(2)
+    batch, d_sae, k = 64, 501 if case == "odd_size" else 500, 40  # k·B = 2560: the sample is every 3rd entry
+    z = torch.randn(batch, d_sae, generator=generator)
+    flat = z.view(-1)
+    if case == "sample_sees_only_large":
+        flat[::3] += 100.0
+    elif case == "sample_sees_only_small":
+        flat[::3] -= 100.0
+    elif case == "few_positive":
+        z -= 3.0  # about 0.1% of the entries stay positive, far fewer than k·B
+    z = z.to(dtype)
+    values, indices, tokens = batch_topk_entries(z, k)
+    got = {(int(t), int(i)): float(v) for t, i, v in zip(tokens, indices, values)}
+    assert got == _batch_topk_by_definition(z, k)
+    assert torch.equal(tokens, tokens.sort().values)
+
+
+@pytest.mark.parametrize("layout", ["per_token", "flat"])
+def test_embedding_bag_in_chunks_equals_one_call(layout, monkeypatch):
+    """The split that keeps each GPU gather under GATHER_LIMIT entries × d_in (run here on
+    the CPU with a small limit): same sum, same gradients."""
+    import torch.nn.functional as F
+
+    from saekit.sae import sparse_decode as sd
+
+    generator = torch.Generator().manual_seed(3)
+    W = torch.randn(50, 8, generator=generator, requires_grad=True)
+    if layout == "per_token":
+        indices, offsets = torch.randint(50, (37, 5), generator=generator), None
+    else:
+        counts = torch.randint(0, 9, (37,), generator=generator)
+        indices = torch.randint(50, (int(counts.sum()),), generator=generator)
+        offsets = torch.cumsum(counts, 0) - counts
+    values = torch.rand(indices.shape, generator=generator, requires_grad=True)
+    expected = F.embedding_bag(indices, W, offsets, per_sample_weights=values, mode="sum")
+    grads = torch.autograd.grad(expected.pow(2).sum(), (values, W))
+    monkeypatch.setattr(sd, "GATHER_LIMIT", 8 * 11)  # 11 entries a call
+    got = sd._embedding_bag_in_chunks(values, indices, W, offsets)
+    torch.testing.assert_close(got, expected)
+    for g_got, g_expected in zip(torch.autograd.grad(got.pow(2).sum(), (values, W)), grads):
+        torch.testing.assert_close(g_got, g_expected)

@@ -27,7 +27,11 @@ TENSORS_FILE = "training_state.safetensors"
 
 def save_checkpoint(path: Path, sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     names = {id(p): name for name, p in sae.named_parameters()}
-    tensors: dict[str, torch.Tensor] = {"buffer.tokens_since_fired": sae.tokens_since_fired.cpu()}
+    tensors: dict[str, torch.Tensor] = {
+        "buffer.tokens_since_fired": sae.tokens_since_fired.cpu(),
+        # It picks the next step's path (dense or sparse), so an exact resume needs it.
+        "buffer.active_share": torch.tensor(sae._active_share, dtype=torch.float64),
+    }
     if hasattr(sae, "sparsity_coefficient"):
         tensors["buffer.sparsity_coefficient"] = sae.sparsity_coefficient.cpu()
     for group in optimizer.param_groups:
@@ -52,6 +56,8 @@ def load_checkpoint(path: Path, sae: SparseAutoencoder, optimizer: torch.optim.O
     tensors = load_file(str(path / TENSORS_FILE), device=str(sae.W_dec.device))
     with torch.no_grad():
         sae.tokens_since_fired.copy_(tensors["buffer.tokens_since_fired"])
+        if "buffer.active_share" in tensors:  # absent from older checkpoints: the dense path first
+            sae._active_share = float(tensors["buffer.active_share"])
         if hasattr(sae, "sparsity_coefficient"):
             sae.sparsity_coefficient.copy_(tensors["buffer.sparsity_coefficient"])
     params = dict(sae.named_parameters())

@@ -284,8 +284,9 @@ class Trainer:
 
         with torch.no_grad():
             sae.update_firing(ctx.any_(output.fired), cfg.batch_size)
+            l0 = ctx.mean_(output.l0.float().clone())
+            sae.observe_l0(l0)
             if self.target_l0 is not None and cfg.sparsity_scale_at(step) == 1.0:
-                l0 = ctx.mean_(output.l0.float().clone())
                 error = torch.log((l0 + 1) / (self.target_l0 + 1)).clamp(-1, 1)
                 sae.sparsity_coefficient.mul_(torch.exp(cfg.l0_controller_gain * error))
 

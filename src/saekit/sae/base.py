@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import SAEConfig
+from .sparse_decode import Active, sparse_decode
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -52,6 +53,18 @@ class LossOutput(NamedTuple):
             l0 = torch.count_nonzero(active).float() / active.shape[0]
             return cls(loss, parts, x_hat, l0, active.view(torch.uint8).amax(0).bool())
 
+    @classmethod
+    def from_entries(cls, loss: Tensor, parts: dict[str, Tensor], x_hat: Tensor, latents: Tensor, active: Tensor,
+                     d_sae: int) -> "LossOutput":
+        """For the sparse paths: from the latent of each of the batch's entries and whether
+        it is active (bool, same shape: [n] or [B, k]), without boolean indexing (on a GPU
+        that waits for the device)."""
+        with torch.no_grad():
+            hits = torch.zeros(d_sae, device=latents.device).index_add_(0, latents.reshape(-1), active.reshape(-1).float())
+            fired = hits > 0
+            l0 = active.sum(dtype=torch.float32) / x_hat.shape[0]
+            return cls(loss, parts, x_hat, l0, fired)
+
 
 class SparseAutoencoder(nn.Module):
     arch: ClassVar[str]
@@ -59,6 +72,12 @@ class SparseAutoencoder(nn.Module):
     """Config field holding the sparsity coefficient, for architectures with a penalty."""
     unit_norm_decoder: ClassVar[bool] = True
     """Whether decoder rows are held at unit norm during training."""
+    sparse_below: float = 0.04
+    """Architectures with a sparse training path (relu, gated, jumprelu) take it on CPU once
+    the last training batch had fewer than this share of its [batch, d_sae] entries active:
+    the decoder and every backward product then touch only the active entries
+    (sparse_decode.py). Dense matmuls win above it; 0 turns the sparse path off, and any
+    value above 1 takes it on every device from the first step (tests)."""
 
     def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -83,6 +102,7 @@ class SparseAutoencoder(nn.Module):
         # Tokens since each feature last fired; persistent=False keeps it out of the
         # SAELens-compatible weights file (the trainer checkpoints it separately).
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long), persistent=False)
+        self._active_share = 1.0  # of the last training batch's [batch, d_sae] entries
 
     # ---- the architecture-specific part -------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -126,8 +146,27 @@ class SparseAutoencoder(nn.Module):
             f = f * self.feature_scale
         return f @ self.W_dec + self.b_dec
 
+    def decode_sparse(self, active: Active) -> Tensor:
+        """x̂ from the active entries only (flat or per-token layout of ``Active``) -> [B, d_in]."""
+        values = active.values
+        if self.cfg.feature_scale:
+            values = values * self.feature_scale[active.indices]
+        return sparse_decode(values, active.indices, self.W_dec, active.offsets) + self.b_dec
+
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
+
+    # ---- choosing between the dense and the sparse training path ------------------------------
+    def train_sparsely(self, x: Tensor) -> bool:
+        """Whether this training step should take the sparse path (see ``sparse_below``). The
+        last batch's share of active entries (``observe_l0``) predicts this one's: it changes slowly."""
+        return self.sparse_below > 1 or (x.device.type == "cpu" and self._active_share < self.sparse_below)
+
+    def observe_l0(self, l0: Tensor) -> None:
+        """The trainer reports each step's mean L0 (over all ranks), which decides the next
+        step's path; read only on CPU, where it costs no wait for a device."""
+        if l0.device.type == "cpu":
+            self._active_share = float(l0) / self.d_sae
 
     def reconstruction_error(self, x: Tensor, x_hat: Tensor) -> Tensor:
         """Mean over tokens of ‖x̂ − x‖² (or ‖x̂ − x‖²/d_in with reconstruction_loss="mean")."""
@@ -167,7 +206,7 @@ class SparseAutoencoder(nn.Module):
     def update_firing(self, fired: Tensor, n_tokens: int) -> None:
         """fired: [d_sae] bool, whether each feature fired anywhere in the last (global) batch."""
         self.tokens_since_fired += n_tokens
-        self.tokens_since_fired[fired] = 0
+        self.tokens_since_fired.masked_fill_(fired, 0)  # not [fired] = 0: that waits for a GPU
 
     def dead_mask(self) -> Tensor:
         """[d_sae] bool: features that have not fired for cfg.dead_tokens training tokens."""

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .base import LossOutput, SparseAutoencoder
 from .config import SAEConfig
+from .sparse_decode import positive_entries, select_entries, sparse_decode
 
 
 class GatedSAE(SparseAutoencoder):
@@ -50,6 +51,8 @@ class GatedSAE(SparseAutoencoder):
         return gated_features(self.projection(x), self.b_gate, self.r_mag, self.b_mag)[0]
 
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
+        if self.train_sparsely(x):
+            return self._sparse_loss(x, sparsity_scale)
         f, gate = gated_features(self.projection(x), self.b_gate, self.r_mag, self.b_mag)
         x_hat = self.decode(f)
         reconstruction = self.reconstruction_error(x, x_hat)
@@ -59,6 +62,22 @@ class GatedSAE(SparseAutoencoder):
         auxiliary = self.reconstruction_error(x, x_hat_gate)
         parts = {"reconstruction": reconstruction, "sparsity": sparsity, "auxiliary": auxiliary}
         return LossOutput.from_features(reconstruction + sparsity + auxiliary, parts, f, x_hat)
+
+    def _sparse_loss(self, x: Tensor, sparsity_scale: float) -> LossOutput:
+        """The same loss from the open gates alone (π_gate > 0): f and ReLU(π_gate) are zero
+        everywhere else, and so is every gradient through them."""
+        gates, _ = select_entries(x, self.W_enc, self.b_gate, self.b_dec, positive_entries)  # π_gate > 0
+        latents = gates.indices
+        projected = gates.values - self.b_gate[latents].to(gates.values.dtype)  # P = x̃ W_gate at those entries
+        f = torch.relu(torch.exp(self.r_mag[latents]) * projected + self.b_mag[latents])
+        x_hat = self.decode_sparse(gates._replace(values=f))
+        reconstruction = self.reconstruction_error(x, x_hat)
+        sparsity = self.coefficient(sparsity_scale) * (gates.values.float() @ self.decoder_norms()[latents]) / x.shape[0]
+        x_hat_gate = sparse_decode(gates.values, latents, self.W_dec.detach(), gates.offsets) + self.b_dec.detach()
+        auxiliary = self.reconstruction_error(x, x_hat_gate)
+        parts = {"reconstruction": reconstruction, "sparsity": sparsity, "auxiliary": auxiliary}
+        return LossOutput.from_entries(reconstruction + sparsity + auxiliary, parts, x_hat, latents, f.detach() > 0,
+                                       self.d_sae)
 
 
 class _GatedFeatures(torch.autograd.Function):

@@ -17,12 +17,14 @@ barely moves. It is clamped at 0 after every step.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from .base import LossOutput, SparseAutoencoder
 from .config import SAEConfig
+from .sparse_decode import entries_above, select_entries
 
 
 class _JumpReLUWithL0(torch.autograd.Function):
@@ -39,27 +41,36 @@ class _JumpReLUWithL0(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float):
-        active = z > threshold
-        near = (z - threshold).abs_() < bandwidth / 2  # rectangle kernel K((z − θ)/ε) ≠ 0
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float, latents: Tensor | None):
+        theta = threshold if latents is None else threshold[latents].to(z.dtype)
+        active = z > theta
+        near = (z - theta).abs_() < bandwidth / 2  # rectangle kernel K((z − θ)/ε) ≠ 0
         f = torch.where(active, z, 0)
-        ctx.save_for_backward(f, threshold, near)
+        ctx.save_for_backward(f, threshold, near, latents)
         ctx.bandwidth = bandwidth
         return f, torch.count_nonzero(active).float()
 
     @staticmethod
     def backward(ctx, grad_f: Tensor, grad_count: Tensor):
-        f, threshold, near = ctx.saved_tensors
-        through = (grad_f * threshold).add_(grad_count.to(grad_f.dtype)).mul_(near)
-        grad_threshold = through.sum(0).float() * (-1.0 / ctx.bandwidth)
+        f, threshold, near, latents = ctx.saved_tensors
+        theta = threshold if latents is None else threshold[latents].to(grad_f.dtype)
+        through = (grad_f * theta).add_(grad_count.to(grad_f.dtype)).mul_(near)
+        if latents is None:
+            grad_threshold = through.sum(0).float()
+        else:
+            grad_threshold = torch.zeros(threshold.shape, dtype=torch.float32, device=through.device)
+            grad_threshold.index_add_(0, latents, through.float())
+        grad_threshold *= -1.0 / ctx.bandwidth
         del through
         grad_z = grad_f * f.bool()
-        return grad_z, grad_threshold.to(threshold.dtype), None
+        return grad_z, grad_threshold.to(threshold.dtype), None, None
 
 
-def jumprelu_with_l0(z: Tensor, threshold: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
-    """(JumpReLU_θ(z), number of active entries) with the straight-through gradients above."""
-    return _JumpReLUWithL0.apply(z, threshold, bandwidth)
+def jumprelu_with_l0(z: Tensor, threshold: Tensor, bandwidth: float,
+                     latents: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(JumpReLU_θ(z), number of active entries) with the straight-through gradients above;
+    z: [B, M] with θ: [M], or the entries z: [n] of latents [n] with the whole θ: [M]."""
+    return _JumpReLUWithL0.apply(z, threshold, bandwidth, latents)
 
 
 class JumpReluSAE(SparseAutoencoder):
@@ -80,6 +91,8 @@ class JumpReluSAE(SparseAutoencoder):
         return z * (z > self.threshold).to(z.dtype)
 
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
+        if self.train_sparsely(x):
+            return self._sparse_loss(x, sparsity_scale)
         z = self.pre_activations(x)
         threshold = self.threshold.to(z.dtype)
         f, active = jumprelu_with_l0(z, threshold, self.cfg.jumprelu_bandwidth)
@@ -88,6 +101,19 @@ class JumpReluSAE(SparseAutoencoder):
         sparsity = self.coefficient(sparsity_scale) * active / z.shape[0]
         parts = {"reconstruction": reconstruction, "sparsity": sparsity}
         return LossOutput.from_features(reconstruction + sparsity, parts, f, x_hat)
+
+    def _sparse_loss(self, x: Tensor, sparsity_scale: float) -> LossOutput:
+        """The same loss from the entries within a bandwidth below θ or above it: every
+        entry that is active or receives a straight-through gradient (z > θ − ε/2)."""
+        floor = self.threshold.detach() - self.cfg.jumprelu_bandwidth  # a margin for bf16 rounding
+        entries, _ = select_entries(x, self.W_enc, self.b_enc, self.b_dec, partial(entries_above, floor=floor))
+        f, active = jumprelu_with_l0(entries.values, self.threshold, self.cfg.jumprelu_bandwidth, entries.indices)
+        x_hat = self.decode_sparse(entries._replace(values=f))
+        reconstruction = self.reconstruction_error(x, x_hat)
+        sparsity = self.coefficient(sparsity_scale) * active / x.shape[0]
+        parts = {"reconstruction": reconstruction, "sparsity": sparsity}
+        return LossOutput.from_entries(reconstruction + sparsity, parts, x_hat, entries.indices, f.detach() > 0,
+                                       self.d_sae)
 
     def optimizer_groups(self) -> list[dict]:
         """θ learns √d_in times faster than the weights. Adam moves every parameter by about

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .base import LossOutput, SparseAutoencoder
 from .config import SAEConfig
+from .sparse_decode import positive_entries, select_entries
 
 
 class ReluSAE(SparseAutoencoder):
@@ -36,6 +37,8 @@ class ReluSAE(SparseAutoencoder):
         return self.pre_activations(x).relu_()  # in place: z itself is needed by nobody
 
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
+        if self.train_sparsely(x):
+            return self._sparse_loss(x, sparsity_scale)
         f, per_feature = relu_with_column_sums(self.pre_activations(x))
         x_hat = self.decode(f)
         reconstruction = self.reconstruction_error(x, x_hat)
@@ -45,6 +48,19 @@ class ReluSAE(SparseAutoencoder):
         sparsity = self.coefficient(sparsity_scale) * per_feature.sum() / f.shape[0]
         parts = {"reconstruction": reconstruction, "sparsity": sparsity}
         return LossOutput.from_features(reconstruction + sparsity, parts, f, x_hat)
+
+    def _sparse_loss(self, x: Tensor, sparsity_scale: float) -> LossOutput:
+        """The same loss from f's non-zeros alone, which are z's positive entries."""
+        active, _ = select_entries(x, self.W_enc, self.b_enc, self.b_dec, positive_entries)
+        x_hat = self.decode_sparse(active)
+        reconstruction = self.reconstruction_error(x, x_hat)
+        per_entry = active.values.float()
+        if not self.unit_norm_decoder:
+            per_entry = per_entry * self.decoder_norms()[active.indices]
+        sparsity = self.coefficient(sparsity_scale) * per_entry.sum() / x.shape[0]
+        parts = {"reconstruction": reconstruction, "sparsity": sparsity}
+        return LossOutput.from_entries(reconstruction + sparsity, parts, x_hat, active.indices, active.values.detach() > 0,
+                                       self.d_sae)
 
 
 class _ReluWithColumnSums(torch.autograd.Function):
@@ -65,7 +81,10 @@ class _ReluWithColumnSums(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_f: Tensor, grad_sums: Tensor):
         (f,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad_f + grad_sums.to(grad_f.dtype), f, 0)
+        # In place: grad_f is the decoder backward's fresh product, used by nothing else,
+        # and a [B, M] temporary fewer lowers the step's peak memory.
+        grad = grad_f.add_(grad_sums.to(grad_f.dtype))
+        return torch.ops.aten.threshold_backward.grad_input(grad, f, 0, grad_input=grad)
 
 
 def relu_with_column_sums(z: Tensor) -> tuple[Tensor, Tensor]:

@@ -6,20 +6,33 @@ in the decoder. With k ≪ d_sae non-zeros per row, everything but the encoder's
 matmul (needed to choose the top k) can be sparse:
 
     decode:   x̂_b = Σ_j v_bj W_dec[i_bj]                   (embedding_bag, weighted sum)
-    backward: ∂L/∂W_dec[m] = Σ_{(b,j): i_bj = m} v_bj g_b   (embedding_bag's own backward)
-              ∂L/∂W_enc[:, m] = Σ_{(b,j): i_bj = m} γ_bj x̃_b  (one sparse × dense matmul)
+    backward: ∂L/∂v_bj = ⟨g_b, W_dec[i_bj]⟩                  (a sampled dense × dense product)
+              ∂L/∂W_dec[m] = Σ_{(b,j): i_bj = m} v_bj g_b   (sparse × dense)
+              ∂L/∂W_enc[:, m] = Σ_{(b,j): i_bj = m} γ_bj x̃_b  (sparse × dense)
               ∂L/∂b_enc[m] = Σ_{(b,j): i_bj = m} γ_bj,  ∂L/∂b_dec ⊃ −W_enc ∂L/∂b_enc
 
-with γ_bj the gradient reaching the selected pre-activation. tests/test_reference.py
-compares losses and gradients with dense plain-PyTorch references written from the papers.
+with g_b = ∂L/∂x̂_b and γ_bj the gradient reaching the selected pre-activation. On CPU the
+two sparse × dense products are CSR matmuls over the latent-major pattern (MKL; about 4×
+faster than embedding_bag's backward, which sorts and scatters, or than a COO product);
+on other devices embedding_bag's own backward and COO products do the same sums.
+tests/test_reference.py compares losses and gradients with dense plain-PyTorch
+references written from the papers.
 """
 from __future__ import annotations
 
+import math
+import warnings
+from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+# The CSR products used here are stable in every torch this package supports; the
+# warning would reach users once per process and ask nothing of them.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
 def compute_dtype(reference: Tensor) -> torch.dtype:
@@ -47,7 +60,97 @@ def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor, offsets: Tenso
     """Σ_j values[b, j] W_dec[indices[b, j]]: [B, d_in] (no b_dec); ``offsets`` for the
     flat layout of ``Active``. W_dec: [d_sae, d_in]."""
     dtype = compute_dtype(W_dec)
-    return F.embedding_bag(indices, W_dec.to(dtype), offsets, per_sample_weights=values.to(dtype), mode="sum")
+    if W_dec.device.type == "cpu":
+        return _SparseDecode.apply(values, indices, W_dec, offsets, dtype)
+    if W_dec.is_cuda and dtype == torch.bfloat16:
+        # CUDA's embedding_bag has no bf16 backward for per-sample weights (torch 2.11);
+        # the gather is memory-bound and reads float32 master weights anyway.
+        dtype = torch.float32
+    return _embedding_bag_in_chunks(values.to(dtype), indices, W_dec.to(dtype), offsets)
+
+
+GATHER_LIMIT = 2**30
+"""Most entries × d_in one embedding_bag call gathers off the CPU. A forced sparse ReLU
+step at 16,384 tokens × L0 64 × d_in 2304 (2.4·10⁹, past 2³¹) hit an illegal memory
+access in backward on an H200 (torch 2.11) where BatchTopK at half as many entries ran;
+32-bit index arithmetic in the CUDA kernels is the suspect, so larger calls are split
+by tokens."""
+
+
+def _embedding_bag_in_chunks(values: Tensor, indices: Tensor, W_dec: Tensor, offsets: Tensor | None) -> Tensor:
+    """F.embedding_bag(indices, W_dec, offsets, per_sample_weights=values, mode="sum"), in
+    calls of at most GATHER_LIMIT entries × d_in each (whole tokens per call)."""
+    per_call = max(1, GATHER_LIMIT // W_dec.shape[1])
+    if indices.numel() <= per_call:
+        return F.embedding_bag(indices, W_dec, offsets, per_sample_weights=values, mode="sum")
+    if offsets is None:  # [B, k]: whole rows
+        rows = max(1, per_call // indices.shape[1])
+        return torch.cat([F.embedding_bag(i, W_dec, per_sample_weights=v, mode="sum")
+                          for i, v in zip(indices.split(rows), values.split(rows))])
+    bounds = torch.cat([offsets, offsets.new_tensor([indices.numel()])]).tolist()
+    parts, first = [], 0
+    while first < len(offsets):
+        last = first + 1  # tokens [first, last) in this call: as many as fit, at least one
+        while last < len(offsets) and bounds[last + 1] - bounds[first] <= per_call:
+            last += 1
+        start, stop = bounds[first], bounds[last]
+        parts.append(F.embedding_bag(indices[start:stop], W_dec, offsets[first:last] - start,
+                                     per_sample_weights=values[start:stop], mode="sum"))
+        first = last
+    return torch.cat(parts)
+
+
+def _token_of_each_entry(indices: Tensor, offsets: Tensor | None) -> Tensor:
+    """The token (bag) of each entry of an Active layout, flat [n]."""
+    if offsets is None:
+        batch, k = indices.shape
+        return torch.arange(batch, device=indices.device).repeat_interleave(k)
+    counts = torch.diff(offsets, append=offsets.new_tensor([indices.numel()]))
+    return torch.arange(offsets.numel(), device=indices.device).repeat_interleave(counts)
+
+
+def _sparse_rows_matmul(rows: Tensor, cols: Tensor, values: Tensor, n_rows: int, dense: Tensor) -> Tensor:
+    """out[r] = Σ_{e: rows_e = r} values_e · dense[cols_e]: [n_rows, dense.shape[1]] float32,
+    for n entries (rows, cols, values [n]) that may repeat a row but not a (row, col) pair."""
+    shape = (n_rows, dense.shape[0])
+    values, dense = values.float(), dense.float()
+    if dense.device.type != "cpu":
+        coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape, check_invariants=False)
+        return torch.sparse.mm(coo, dense)
+    order = torch.argsort(rows, stable=True)
+    crow = torch.zeros(n_rows + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(rows, minlength=n_rows), 0, out=crow[1:])
+    csr = torch.sparse_csr_tensor(crow, cols[order], values[order], shape, check_invariants=False)
+    return csr @ dense
+
+
+class _SparseDecode(torch.autograd.Function):
+    """(values, indices, W_dec, offsets) -> Σ_j values[b, j] W_dec[indices[b, j]]: [B, d_in],
+    with the sparse backward of the module docstring (CPU)."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, indices: Tensor, W_dec: Tensor, offsets: Tensor | None, dtype: torch.dtype):
+        ctx.save_for_backward(values, indices, W_dec, offsets)
+        return F.embedding_bag(indices, W_dec.to(dtype), offsets, per_sample_weights=values.to(dtype), mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        values, indices, W_dec, offsets = ctx.saved_tensors
+        latents, tokens = indices.reshape(-1), _token_of_each_entry(indices, offsets)
+        g = grad_out.float()
+        grad_values = grad_W_dec = None
+        if ctx.needs_input_grad[0]:
+            # ⟨g_b, W_dec[i_bj]⟩ at the n selected (b, i_bj) only: a sampled [B, d] × [d, M] product.
+            batch = grad_out.shape[0]
+            crow = offsets if offsets is not None else torch.arange(0, latents.numel(), indices.shape[1])
+            crow = torch.cat([crow[:batch], crow.new_tensor([latents.numel()])])
+            pattern = torch.sparse_csr_tensor(crow, latents, g.new_zeros(latents.numel()), (batch, W_dec.shape[0]),
+                                              check_invariants=False)
+            dots = torch.sparse.sampled_addmm(pattern, g, W_dec.float().t(), beta=0.0).values()
+            grad_values = dots.view_as(values).to(values.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_W_dec = _sparse_rows_matmul(latents, tokens, values.reshape(-1), W_dec.shape[0], g).to(W_dec.dtype)
+        return grad_values, None, grad_W_dec, None, None
 
 
 def batch_topk_entries(z: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -56,36 +159,85 @@ def batch_topk_entries(z: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     token indices [n]) ordered by token. Entries equal to τ are all kept, so the result
     does not depend on the order in which ties are visited.
 
-    τ cannot be known before each token's share is, so take each token's c largest
-    (c = 4k) and find τ among those. A token whose c candidates are all ≥ τ may have more
-    beyond them: only such tokens look further (4× more candidates, up to M), and τ is
-    found again over all candidates; τ can only rise, so finished tokens stay finished."""
+    A strided sample of z gives a threshold τ_lo a little below τ; the entries ≥ τ_lo
+    (about 1.2·k·B of them) are found in one pass, and τ exactly among those. Should the
+    sample have aimed too high (fewer than k·B entries reach τ_lo), τ_lo is lowered and
+    the pass repeated, down to "every positive entry": the result never depends on the
+    sample, only the time it takes."""
     batch, d_sae = z.shape
-    n_keep = min(k * batch, batch * d_sae)
-    rows = torch.arange(batch, device=z.device)
-    c = min(d_sae, 4 * k)
-    finished: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows [r], values [r, c], indices [r, c])
-    pending = (rows, *z.topk(c, dim=-1, sorted=False))
-    while True:
-        everything = torch.cat([group[1].flatten() for group in finished] + [pending[1].flatten()])
-        tau = everything.topk(min(n_keep, everything.numel()), sorted=False).values.min().clamp_min(0)
-        smallest = pending[1].amin(dim=-1)
-        complete = (smallest < tau) | (smallest <= 0) | (c == d_sae)
-        finished.append(tuple(t[complete] for t in pending))
-        if bool(complete.all()):
+    flat = z.reshape(-1)
+    n_keep = min(k * batch, flat.numel())
+    for tau_lo in _lower_thresholds(flat, n_keep, d_sae):
+        positions = _positions_at_least(flat, tau_lo)
+        if positions.numel() >= n_keep or tau_lo is None:
             break
-        left = pending[0][~complete]
-        c = min(d_sae, 4 * c)
-        pending = (left, *z[left].topk(c, dim=-1, sorted=False))
-    values, indices, tokens = [], [], []
-    for group_rows, group_values, group_indices in finished:
-        keep = (group_values >= tau) & (group_values > 0)
-        values.append(group_values[keep])
-        indices.append(group_indices[keep])
-        tokens.append(group_rows.unsqueeze(1).expand_as(group_values)[keep])
-    tokens_flat = torch.cat(tokens)
-    order = torch.argsort(tokens_flat, stable=True)
-    return torch.cat(values)[order], torch.cat(indices)[order], tokens_flat[order]
+    values = flat[positions]
+    if values.numel() > n_keep:
+        wide = values.float()
+        tau = wide.kthvalue(wide.numel() - n_keep + 1).values  # the n_keep-th largest
+        keep = wide >= tau
+        positions, values = positions[keep], values[keep]
+    return values, positions % d_sae, positions // d_sae
+
+
+def _lower_thresholds(flat: Tensor, n_keep: int, d_sae: int):
+    """Thresholds, each lower than the last, that about 1.2·n_keep, then 5×, 20×, ... as
+    many entries of ``flat`` reach (estimated from every s-th entry, s coprime with d_sae
+    so that the sample visits every latent); finally None ("every positive entry")."""
+    stride = max(1, n_keep // 1024)
+    while math.gcd(stride, d_sae) != 1:
+        stride += 1
+    sample = flat[::stride].float()
+    expected = n_keep * sample.numel() / flat.numel()  # sample entries at or above τ, on average
+    rank = math.ceil(1.2 * expected + 4 * math.sqrt(expected) + 8)
+    while rank < sample.numel():
+        tau_lo = float(sample.kthvalue(sample.numel() - rank + 1).values)  # the rank-th largest
+        if not tau_lo > 0:
+            break
+        yield tau_lo
+        rank *= 4
+    yield None
+
+
+_SAME_WIDTH_INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
+                   torch.float64: torch.int64}
+
+
+def _positions_at_least(flat: Tensor, tau: float | None) -> Tensor:
+    """Ascending positions of the entries ≥ tau > 0 (tau None: > 0), in two cheap passes.
+
+    For floats of one sign, the order of their bit patterns read as integers is their
+    order, and every negative float reads as a negative integer: comparing the integer
+    view with tau's bits (or with 1, for "> 0") is exact and several times faster than a
+    floating-point comparison on CPU."""
+    bits = 1
+    if tau is not None:
+        bits = max(1, int(torch.tensor(tau, dtype=flat.dtype).view(_SAME_WIDTH_INT[flat.dtype])))
+    return _true_positions(flat.view(_SAME_WIDTH_INT[flat.dtype]) >= bits)
+
+
+def _true_positions(mask: Tensor) -> Tensor:
+    """Ascending positions of the True entries of a flat bool mask, searched eight bytes
+    at a time (a sparse mask has few non-zero words: several times faster than nonzero)."""
+    if mask.numel() % 8 or mask.storage_offset() % 8:
+        return mask.nonzero().squeeze(1)
+    words = mask.view(torch.int64).nonzero().squeeze(1)  # the 8-byte words holding a hit
+    positions = (words.unsqueeze(1) * 8 + torch.arange(8, device=mask.device)).reshape(-1)
+    return positions[mask[positions]]
+
+
+def positive_entries(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The entries z > 0 of z [B, M], flat (values [n], latents [n], tokens [n]) in token order."""
+    flat = z.reshape(-1)
+    positions = _positions_at_least(flat, None)
+    return flat[positions], positions % z.shape[1], positions // z.shape[1]
+
+
+def entries_above(z: Tensor, floor: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The entries z[b, i] > floor[i] of z [B, M], flat (values, latents, tokens) in token order."""
+    flat = z.reshape(-1)
+    positions = _true_positions((z > floor.to(z.dtype)).reshape(-1))
+    return flat[positions], positions % z.shape[1], positions // z.shape[1]
 
 
 def _encoder_gradients(centred: Tensor, gamma: Tensor, latents: Tensor, tokens: Tensor, W_enc: Tensor):
@@ -94,9 +246,7 @@ def _encoder_gradients(centred: Tensor, gamma: Tensor, latents: Tensor, tokens: 
     d_sae = W_enc.shape[1]
     grad_b_enc = torch.zeros(d_sae, dtype=torch.float32, device=gamma.device).index_add_(0, latents, gamma)
     # ∂L/∂W_encᵀ = Γᵀ x̃ with Γ [B, d_sae] holding γ at the selected entries: one sparse matmul.
-    gamma_t = torch.sparse_coo_tensor(torch.stack([latents, tokens]), gamma, (d_sae, centred.shape[0]),
-                                      check_invariants=False)
-    grad_W_enc = torch.sparse.mm(gamma_t, centred.float()).t()
+    grad_W_enc = _sparse_rows_matmul(latents, tokens, gamma, d_sae, centred).t()
     grad_b_dec = -(W_enc.float() @ grad_b_enc)  # x̃ = x − b_dec
     return grad_W_enc.to(W_enc.dtype), grad_b_enc.to(W_enc.dtype), grad_b_dec.to(W_enc.dtype)
 
@@ -130,14 +280,16 @@ class _SelectTopK(torch.autograd.Function):
         return None, *_encoder_gradients(centred, gamma, indices.reshape(-1), tokens, W_enc), None, None
 
 
-class _SelectBatchTopK(torch.autograd.Function):
-    """(x, W_enc, b_enc, b_dec) -> BatchTopK's active entries, flat (values [n], latent
-    indices [n], token of each [n]; see batch_topk_entries), with the sparse backward."""
+class _SelectEntries(torch.autograd.Function):
+    """(x, W_enc, b_enc, b_dec) -> the pre-activations z = (x − b_dec) W_enc + b_enc at the
+    entries ``choose(z)`` picks, flat (values [n], latent indices [n], token of each [n],
+    in token order), with the sparse backward: the entries' values carry the gradient."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, dtype: torch.dtype):
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, choose, dtype: torch.dtype):
         centred, z = _pre_activations(x, W_enc, b_enc, b_dec, dtype)
-        values, indices, tokens = batch_topk_entries(z, k)
+        values, indices, tokens = choose(z)
+        del z
         ctx.save_for_backward(centred, indices, tokens, W_enc)
         ctx.mark_non_differentiable(indices, tokens)
         return values, indices, tokens
@@ -154,8 +306,14 @@ def select_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) 
     return Active(values, indices)
 
 
+def select_entries(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, choose) -> tuple[Active, Tensor]:
+    """The pre-activations at the entries ``choose`` picks (see _SelectEntries), in the flat
+    layout, and the token of each entry [n]."""
+    values, indices, tokens = _SelectEntries.apply(x, W_enc, b_enc, b_dec, choose, compute_dtype(W_enc))
+    counts = torch.bincount(tokens, minlength=x.shape[0])
+    return Active(values, indices, torch.cumsum(counts, 0) - counts), tokens
+
+
 def select_batch_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> Active:
     """BatchTopK's active latents, in the flat layout (see batch_topk_entries)."""
-    values, indices, tokens = _SelectBatchTopK.apply(x, W_enc, b_enc, b_dec, k, compute_dtype(W_enc))
-    counts = torch.bincount(tokens, minlength=x.shape[0])
-    return Active(values, indices, torch.cumsum(counts, 0) - counts)
+    return select_entries(x, W_enc, b_enc, b_dec, partial(batch_topk_entries, k=k))[0]

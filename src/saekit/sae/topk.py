@@ -44,13 +44,6 @@ class TopKSAE(SparseAutoencoder):
         values, indices = z.topk(self.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(z).scatter_(-1, indices, torch.relu(values))
 
-    def decode_sparse(self, active: Active) -> Tensor:
-        """x̂ from the active latents only -> [B, d_in]."""
-        values = active.values
-        if self.cfg.feature_scale:
-            values = values * self.feature_scale[active.indices]
-        return sparse_decode(values, active.indices, self.W_dec, active.offsets) + self.b_dec
-
     def select(self, x: Tensor) -> Active:
         """Training-time active latents, with the sparse backward of sparse_decode.py."""
         return select_topk(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
@@ -65,12 +58,7 @@ class TopKSAE(SparseAutoencoder):
         if auxiliary is not None:
             parts["auxiliary"] = auxiliary
             total = total + auxiliary
-        with torch.no_grad():
-            positive = active.values > 0
-            fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
-            fired[active.indices[positive]] = True
-            l0 = positive.sum(dtype=torch.float32) / x.shape[0]
-        return LossOutput(total, parts, x_hat, l0, fired)
+        return LossOutput.from_entries(total, parts, x_hat, active.indices, active.values.detach() > 0, self.d_sae)
 
     def auxk_loss(self, x: Tensor, residual: Tensor) -> Tensor | None:
         """‖e − ê‖² with ê decoded from the aux_k largest pre-activations of dead latents;
@@ -116,12 +104,11 @@ class BatchTopKSAE(TopKSAE):
 
     @torch.no_grad()
     def _update_threshold(self, values: Tensor) -> None:
-        kept = values[values > 0]
-        if kept.numel() == 0:
+        """θ ← m θ + (1 − m) (smallest kept activation); the first batch sets θ; a batch that
+        kept nothing leaves it. Tensor operations only, so a GPU is not waited for."""
+        smallest = torch.where(values > 0, values, torch.inf).amin().float() if values.numel() else None
+        if smallest is None:
             return
-        smallest = kept.min().float()
         m = self.cfg.batchtopk_threshold_momentum
-        if float(self.threshold) == 0.0:
-            self.threshold.copy_(smallest)
-        else:
-            self.threshold.mul_(m).add_((1 - m) * smallest)
+        updated = torch.where(self.threshold == 0, smallest, m * self.threshold + (1 - m) * smallest)
+        self.threshold.copy_(torch.where(torch.isfinite(smallest), updated, self.threshold))

@@ -81,15 +81,18 @@ class BenchConfig:
 def activations(cfg: BenchConfig) -> Tensor:
     """x: [n_batches·batch, d_in], fp32: sparse sums of 4·d_in fixed unit directions with
     exponential magnitudes (about 16 per token), a shared mean offset and Gaussian noise —
-    enough structure for ReLU/TopK to behave as on real activations, from a seed."""
+    enough structure for ReLU/TopK to behave as on real activations, from a seed. Every
+    n_batches draws from one distribution (directions and mean come first), so a one-batch
+    sample (the trainers' normalisation, BenchConfig.l0) describes the timed batches."""
     g = torch.Generator().manual_seed(cfg.seed)
     n_tokens, n_true, active = cfg.n_batches * cfg.batch, 4 * cfg.d_in, 16
     directions = torch.randn(n_true, cfg.d_in, generator=g)
     directions /= directions.norm(dim=-1, keepdim=True)
+    mean = 0.5 * torch.randn(cfg.d_in, generator=g)  # the mean every real residual stream has
     indices = torch.randint(n_true, (n_tokens, active), generator=g)
     magnitudes = torch.empty(n_tokens, active).exponential_(1.0, generator=g)
     x = nn.functional.embedding_bag(indices, directions, per_sample_weights=magnitudes, mode="sum")
-    x += 0.5 * torch.randn(cfg.d_in, generator=g)  # the mean every real residual stream has
+    x += mean
     x += 0.1 * torch.randn(n_tokens, cfg.d_in, generator=g)
     return x
 

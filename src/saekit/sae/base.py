@@ -66,6 +66,13 @@ class LossOutput(NamedTuple):
             return cls(loss, parts, x_hat, l0, fired)
 
 
+def overwritable(grad: Tensor) -> Tensor:
+    """An incoming gradient a fused backward may write its result into: itself when it is a
+    plain dense tensor (a fresh product nothing else reads), else a dense copy (an
+    expanded view, such as the gradient of a sum, must never be written into)."""
+    return grad if grad.is_contiguous() else grad.contiguous()
+
+
 class SparseAutoencoder(nn.Module):
     arch: ClassVar[str]
     coefficient_name: ClassVar[str | None] = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import LossOutput, SparseAutoencoder
+from .base import LossOutput, SparseAutoencoder, overwritable
 from .config import SAEConfig
 from .sparse_decode import positive_entries, select_entries, sparse_decode
 
@@ -95,9 +95,11 @@ class _GatedFeatures(torch.autograd.Function):
     @staticmethod
     def forward(ctx, projected: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor):
         scale = torch.exp(r_mag).to(projected.dtype)
-        pi_gate = projected + b_gate.to(projected.dtype)
-        open_ = pi_gate > 0
         pi_mag = torch.addcmul(b_mag.to(projected.dtype), projected, scale)
+        # π_gate in place of P: P is the encoder matmul's fresh output, read by nothing else.
+        pi_gate = projected.add_(b_gate.to(projected.dtype))
+        ctx.mark_dirty(projected)
+        open_ = pi_gate > 0
         f = pi_mag.relu_().mul_(open_)
         ctx.save_for_backward(f, scale, open_, b_mag)
         ctx.dtypes = (b_gate.dtype, r_mag.dtype)
@@ -107,10 +109,13 @@ class _GatedFeatures(torch.autograd.Function):
     def backward(ctx, grad_f: Tensor, grad_gate: Tensor):
         f, scale, open_, b_mag = ctx.saved_tensors
         b_gate_dtype, r_mag_dtype = ctx.dtypes
-        grad_mag = grad_f * f.bool()
+        # Written into the incoming gradients where they are plain dense tensors: two
+        # [B, M] temporaries fewer at the step's peak.
+        grad_mag = overwritable(grad_f)
+        torch.ops.aten.threshold_backward.grad_input(grad_mag, f, 0, grad_input=grad_mag)  # ⊙ 1[f > 0]
         grad_b_mag = grad_mag.sum(0).float()
         grad_r_mag = (grad_mag * f).sum(0).float() - b_mag.float() * grad_b_mag
-        grad_pi_gate = grad_gate * open_
+        grad_pi_gate = overwritable(grad_gate).mul_(open_)
         grad_b_gate = grad_pi_gate.sum(0).float()
         grad_projected = grad_pi_gate.addcmul_(grad_mag, scale)
         return grad_projected, grad_b_gate.to(b_gate_dtype), grad_r_mag.to(r_mag_dtype), grad_b_mag.to(b_mag.dtype)

@@ -22,7 +22,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from .base import LossOutput, SparseAutoencoder
+from .base import LossOutput, SparseAutoencoder, overwritable
 from .config import SAEConfig
 from .sparse_decode import entries_above, select_entries
 
@@ -45,7 +45,10 @@ class _JumpReLUWithL0(torch.autograd.Function):
         theta = threshold if latents is None else threshold[latents].to(z.dtype)
         active = z > theta
         near = (z - theta).abs_() < bandwidth / 2  # rectangle kernel K((z − θ)/ε) ≠ 0
-        f = torch.where(active, z, 0)
+        # f in place of z: z is the encoder matmul's (or the entry selection's) fresh output,
+        # which nothing else reads; one [B, M] tensor fewer at the step's peak.
+        f = z.mul_(active)
+        ctx.mark_dirty(z)
         ctx.save_for_backward(f, threshold, near, latents)
         ctx.bandwidth = bandwidth
         return f, torch.count_nonzero(active).float()
@@ -62,7 +65,9 @@ class _JumpReLUWithL0(torch.autograd.Function):
             grad_threshold.index_add_(0, latents, through.float())
         grad_threshold *= -1.0 / ctx.bandwidth
         del through
-        grad_z = grad_f * f.bool()
+        # H(z − θ) is f > 0 (θ ≥ 0); written into grad_f when it is a plain dense tensor.
+        grad_z = overwritable(grad_f)
+        torch.ops.aten.threshold_backward.grad_input(grad_z, f, 0, grad_input=grad_z)
         return grad_z, grad_threshold.to(threshold.dtype), None, None
 
 

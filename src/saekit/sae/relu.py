@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import LossOutput, SparseAutoencoder
+from .base import LossOutput, SparseAutoencoder, overwritable
 from .config import SAEConfig
 from .sparse_decode import positive_entries, select_entries
 
@@ -81,9 +81,9 @@ class _ReluWithColumnSums(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_f: Tensor, grad_sums: Tensor):
         (f,) = ctx.saved_tensors
-        # In place: grad_f is the decoder backward's fresh product, used by nothing else,
-        # and a [B, M] temporary fewer lowers the step's peak memory.
-        grad = grad_f.add_(grad_sums.to(grad_f.dtype))
+        # In place where grad_f is a plain dense tensor (the decoder backward's fresh
+        # product, used by nothing else): a [B, M] temporary fewer lowers the step's peak.
+        grad = overwritable(grad_f).add_(grad_sums.to(grad_f.dtype))
         return torch.ops.aten.threshold_backward.grad_input(grad, f, 0, grad_input=grad)
 
 

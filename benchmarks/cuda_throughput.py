@@ -24,22 +24,21 @@ import dataclasses
 import re
 import statistics
 import sys
-import time
 import traceback
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import command_line, markdown_table, sae_step_flops  # noqa: E402
+from _timing import command_line, markdown_table, sae_step_flops, time_steps  # noqa: E402
 from peers import BenchConfig, PlainReLUSAE, activations  # noqa: E402
+from train_throughput import build_saekit  # noqa: E402
 
 ARCHS = ("relu", "gated", "jumprelu", "topk", "batchtopk")
 SIZES = {
     "issue": BenchConfig(d_in=576, d_sae=9216, batch=4096),
     "large": BenchConfig(d_in=2304, d_sae=36864, batch=16384),
 }
-SAE_OPTIONS = {"relu": {"l1_coefficient": 5.0}, "gated": {"l1_coefficient": 5.0}, "jumprelu": {"l0_coefficient": 1.0}}
 
 
 def cuda_median_ms(fn, warmup: int, steps: int) -> float:
@@ -59,15 +58,8 @@ def cuda_median_ms(fn, warmup: int, steps: int) -> float:
 
 
 def wall_median_ms(fn, warmup: int, steps: int) -> float:
-    """The same with a host clock, for --dry-run on a CPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+    """The same with a host clock (_timing.time_steps), for --dry-run on a CPU."""
+    return 1e3 * time_steps(lambda _: fn(), warmup=warmup, steps=steps).median_s
 
 
 # --dry-run: the script's logic on a CPU at tiny sizes, so a GPU lease is not spent on a typo.
@@ -101,26 +93,6 @@ def matmul_peak(sizes: dict[str, BenchConfig]) -> tuple[float, list[dict]]:
         ms = median_ms(lambda: a @ b, warmup=3, steps=20)
         rows.append({"matmul": name, "bf16 TFLOP/s": 2.0 * m * k * n / ms / 1e9})
     return max(r["bf16 TFLOP/s"] for r in rows), rows
-
-
-def saekit_step(cfg: BenchConfig, arch: str, precision: str, sparse_below: float | None = None):
-    import saekit
-    from saekit.train import Trainer
-    from train_throughput import FIRING_PARAMETER, set_l0
-
-    options = dict(SAE_OPTIONS.get(arch, {}))
-    if arch in ("topk", "batchtopk"):
-        options["k"] = cfg.k
-    sae = saekit.create(arch, d_in=cfg.d_in, d_sae=cfg.d_sae, seed=cfg.seed, **options)
-    if sparse_below is not None:
-        sae.sparse_below = sparse_below
-    sample = activations(dataclasses.replace(cfg, n_batches=1))
-    trainer = Trainer(sae, sample, steps=10**9, batch_size=cfg.batch, precision=precision, progress=False,
-                      normalization_tokens=cfg.batch, log_every=10**9, device=DEVICE)
-    trainer.source = None
-    if cfg.l0 is not None and arch in FIRING_PARAMETER:
-        set_l0(sae, sample.to(DEVICE) * trainer.scale, cfg.l0)
-    return trainer.step
 
 
 def plain_step(cfg: BenchConfig, compile_model: bool):
@@ -201,14 +173,14 @@ def main(argv: list[str] | None = None) -> None:
         for arch in args.archs:
             for precision in ("bfloat16", "float32"):
                 label = f"saekit/{arch}" + ("+bf16" if precision == "bfloat16" else " fp32")
-                rows.append(measure(label, size, cfg, lambda: saekit_step(cfg, arch, precision), peak, args.warmup,
+                rows.append(measure(label, size, cfg, lambda: build_saekit(cfg, arch=arch, precision=precision, device=DEVICE), peak, args.warmup,
                                     args.steps))
         if args.l0:  # a run past its first steps: dense path, then the sparse path forced
             at_l0 = dataclasses.replace(cfg, l0=args.l0)
             for arch in [a for a in args.archs if a in ("relu", "gated", "jumprelu")]:
                 for path, below in (("dense", 0.0), ("sparse", 2.0)):
                     rows.append(measure(f"saekit/{arch}+bf16 L0≈{args.l0:g} {path}", size, at_l0,
-                                        lambda: saekit_step(at_l0, arch, "bfloat16", below), peak, args.warmup, args.steps))
+                                        lambda: build_saekit(at_l0, arch=arch, device=DEVICE, sparse_below=below), peak, args.warmup, args.steps))
         rows.append(measure("plain/relu+bf16", size, cfg, lambda: plain_step(cfg, False), peak, args.warmup, args.steps))
         if not args.no_compile:
             rows.append(measure("plain/relu+bf16 torch.compile", size, cfg, lambda: plain_step(cfg, True), peak,

@@ -59,8 +59,10 @@ SAE_OPTIONS = {  # coefficients as the peers' defaults set them; they do not cha
 }
 
 
-def build_saekit(cfg: BenchConfig, *, arch: str, precision: str = "bfloat16"):
-    """saekit's Trainer for ``arch``; returns its ``step(x)``.
+def build_saekit(cfg: BenchConfig, *, arch: str, precision: str = "bfloat16", device: str = "cpu",
+                 sparse_below: float | None = None):
+    """saekit's Trainer for ``arch`` on ``device``; returns its ``step(x)``. ``sparse_below``
+    overrides the SAE's (0: dense path only, above 1: sparse path only).
 
     The trainer estimates the activation scale and b_dec from one batch (made here, then
     dropped) before the first step, as it does on real data."""
@@ -71,12 +73,14 @@ def build_saekit(cfg: BenchConfig, *, arch: str, precision: str = "bfloat16"):
     if arch in ("topk", "batchtopk"):
         options["k"] = cfg.k
     sae = saekit.create(arch, d_in=cfg.d_in, d_sae=cfg.d_sae, seed=cfg.seed, **options)
+    if sparse_below is not None:
+        sae.sparse_below = sparse_below
     sample = activations(dataclasses.replace(cfg, n_batches=1))
     trainer = Trainer(sae, sample, steps=10**9, batch_size=cfg.batch, precision=precision, progress=False,
-                      normalization_tokens=cfg.batch, log_every=10**9, device="cpu")
+                      normalization_tokens=cfg.batch, log_every=10**9, device=device)
     trainer.source = None  # the timed steps are fed by the benchmark
     if cfg.l0 is not None and arch in FIRING_PARAMETER:
-        set_l0(sae, sample * trainer.scale, cfg.l0)
+        set_l0(sae, sample.to(device) * trainer.scale, cfg.l0)
     del sample
     gc.collect()
     return trainer.step

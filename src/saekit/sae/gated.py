@@ -66,7 +66,7 @@ class GatedSAE(SparseAutoencoder):
     def _sparse_loss(self, x: Tensor, sparsity_scale: float) -> LossOutput:
         """The same loss from the open gates alone (π_gate > 0): f and ReLU(π_gate) are zero
         everywhere else, and so is every gradient through them."""
-        gates, _ = select_entries(x, self.W_enc, self.b_gate, self.b_dec, positive_entries)  # π_gate > 0
+        gates = select_entries(x, self.W_enc, self.b_gate, self.b_dec, positive_entries)  # π_gate > 0
         latents = gates.indices
         projected = gates.values - self.b_gate[latents].to(gates.values.dtype)  # P = x̃ W_gate at those entries
         f = torch.relu(torch.exp(self.r_mag[latents]) * projected + self.b_mag[latents])

@@ -111,7 +111,7 @@ class JumpReluSAE(SparseAutoencoder):
         """The same loss from the entries z > θ − ε: every entry that is active or receives
         a straight-through gradient (z > θ − ε/2), with a margin for bf16 rounding."""
         floor = self.threshold.detach() - self.cfg.jumprelu_bandwidth
-        entries, _ = select_entries(x, self.W_enc, self.b_enc, self.b_dec, partial(entries_above, floor=floor))
+        entries = select_entries(x, self.W_enc, self.b_enc, self.b_dec, partial(entries_above, floor=floor))
         f, active = jumprelu_with_l0(entries.values, self.threshold, self.cfg.jumprelu_bandwidth, entries.indices)
         x_hat = self.decode_sparse(entries._replace(values=f))
         reconstruction = self.reconstruction_error(x, x_hat)

@@ -51,7 +51,7 @@ class ReluSAE(SparseAutoencoder):
 
     def _sparse_loss(self, x: Tensor, sparsity_scale: float) -> LossOutput:
         """The same loss from f's non-zeros alone, which are z's positive entries."""
-        active, _ = select_entries(x, self.W_enc, self.b_enc, self.b_dec, positive_entries)
+        active = select_entries(x, self.W_enc, self.b_enc, self.b_dec, positive_entries)
         x_hat = self.decode_sparse(active)
         reconstruction = self.reconstruction_error(x, x_hat)
         per_entry = active.values.float()

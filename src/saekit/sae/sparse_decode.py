@@ -141,11 +141,10 @@ class _SparseDecode(torch.autograd.Function):
         grad_values = grad_W_dec = None
         if ctx.needs_input_grad[0]:
             # ⟨g_b, W_dec[i_bj]⟩ at the n selected (b, i_bj) only: a sampled [B, d] × [d, M] product.
-            batch = grad_out.shape[0]
-            crow = offsets if offsets is not None else torch.arange(0, latents.numel(), indices.shape[1])
-            crow = torch.cat([crow[:batch], crow.new_tensor([latents.numel()])])
-            pattern = torch.sparse_csr_tensor(crow, latents, g.new_zeros(latents.numel()), (batch, W_dec.shape[0]),
-                                              check_invariants=False)
+            starts = offsets if offsets is not None else torch.arange(0, latents.numel(), indices.shape[1])
+            crow = torch.cat([starts, starts.new_tensor([latents.numel()])])
+            pattern = torch.sparse_csr_tensor(crow, latents, g.new_zeros(latents.numel()),
+                                              (grad_out.shape[0], W_dec.shape[0]), check_invariants=False)
             dots = torch.sparse.sampled_addmm(pattern, g, W_dec.float().t(), beta=0.0).values()
             grad_values = dots.view_as(values).to(values.dtype)
         if ctx.needs_input_grad[2]:
@@ -226,18 +225,20 @@ def _true_positions(mask: Tensor) -> Tensor:
     return positions[mask[positions]]
 
 
+def _entries_at(flat: Tensor, positions: Tensor, d_sae: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(values, latents, tokens) of the entries at ascending flat ``positions`` of a [B, d_sae] z."""
+    return flat[positions], positions % d_sae, positions // d_sae
+
+
 def positive_entries(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The entries z > 0 of z [B, M], flat (values [n], latents [n], tokens [n]) in token order."""
     flat = z.reshape(-1)
-    positions = _positions_at_least(flat, None)
-    return flat[positions], positions % z.shape[1], positions // z.shape[1]
+    return _entries_at(flat, _positions_at_least(flat, None), z.shape[1])
 
 
 def entries_above(z: Tensor, floor: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The entries z[b, i] > floor[i] of z [B, M], flat (values, latents, tokens) in token order."""
-    flat = z.reshape(-1)
-    positions = _true_positions((z > floor.to(z.dtype)).reshape(-1))
-    return flat[positions], positions % z.shape[1], positions // z.shape[1]
+    return _entries_at(z.reshape(-1), _true_positions((z > floor.to(z.dtype)).reshape(-1)), z.shape[1])
 
 
 def _encoder_gradients(centred: Tensor, gamma: Tensor, latents: Tensor, tokens: Tensor, W_enc: Tensor):
@@ -274,9 +275,8 @@ class _SelectTopK(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values: Tensor, _grad_indices):
         centred, values, indices, W_enc = ctx.saved_tensors
-        batch, k = indices.shape
         gamma = (grad_values * (values > 0)).float().reshape(-1)  # through the ReLU
-        tokens = torch.arange(batch, device=indices.device).repeat_interleave(k)
+        tokens = _token_of_each_entry(indices, None)
         return None, *_encoder_gradients(centred, gamma, indices.reshape(-1), tokens, W_enc), None, None
 
 
@@ -306,14 +306,13 @@ def select_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) 
     return Active(values, indices)
 
 
-def select_entries(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, choose) -> tuple[Active, Tensor]:
-    """The pre-activations at the entries ``choose`` picks (see _SelectEntries), in the flat
-    layout, and the token of each entry [n]."""
+def select_entries(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, choose) -> Active:
+    """The pre-activations at the entries ``choose`` picks (see _SelectEntries), in the flat layout."""
     values, indices, tokens = _SelectEntries.apply(x, W_enc, b_enc, b_dec, choose, compute_dtype(W_enc))
     counts = torch.bincount(tokens, minlength=x.shape[0])
-    return Active(values, indices, torch.cumsum(counts, 0) - counts), tokens
+    return Active(values, indices, torch.cumsum(counts, 0) - counts)
 
 
 def select_batch_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> Active:
     """BatchTopK's active latents, in the flat layout (see batch_topk_entries)."""
-    return select_entries(x, W_enc, b_enc, b_dec, partial(batch_topk_entries, k=k))[0]
+    return select_entries(x, W_enc, b_enc, b_dec, partial(batch_topk_entries, k=k))

@@ -106,9 +106,9 @@ class BatchTopKSAE(TopKSAE):
     def _update_threshold(self, values: Tensor) -> None:
         """θ ← m θ + (1 − m) (smallest kept activation); the first batch sets θ; a batch that
         kept nothing leaves it. Tensor operations only, so a GPU is not waited for."""
-        smallest = torch.where(values > 0, values, torch.inf).amin().float() if values.numel() else None
-        if smallest is None:
+        if values.numel() == 0:
             return
+        smallest = torch.where(values > 0, values, torch.inf).amin().float()
         m = self.cfg.batchtopk_threshold_momentum
         updated = torch.where(self.threshold == 0, smallest, m * self.threshold + (1 - m) * smallest)
         self.threshold.copy_(torch.where(torch.isfinite(smallest), updated, self.threshold))

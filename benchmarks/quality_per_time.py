@@ -69,7 +69,7 @@ def run_for(step, batches: list[torch.Tensor], seconds: float) -> int:
 
 def train_saekit(arch: str, cfg: BenchConfig, batches, seconds: float, target_l0: float):
     import saekit
-    from saekit.train import Trainer
+    from saekit.training.trainer import Trainer
 
     options = {"k": cfg.k} if arch in ("topk", "batchtopk") else {"target_l0": target_l0}
     sae = saekit.create(arch, d_in=cfg.d_in, d_sae=cfg.d_sae, seed=cfg.seed, **options)

@@ -1,6 +1,6 @@
 """Training-step throughput of saekit, every architecture, beside its peers in one run.
 
-A row is one full step of saekit's own trainer (``saekit.train.Trainer.step``: activation
+A row is one full step of saekit's own trainer (``saekit.training.trainer.Trainer.step``: activation
 scaling, autocast, the architecture's loss, backward, decoder-gradient projection,
 gradient clipping, Adam, decoder renormalisation, firing statistics, the target-L0
 controller where it applies) at d_in = 576, d_sae = 9216, B = 4096 tokens, measured
@@ -67,7 +67,7 @@ def build_saekit(cfg: BenchConfig, *, arch: str, precision: str = "bfloat16", de
     The trainer estimates the activation scale and b_dec from one batch (made here, then
     dropped) before the first step, as it does on real data."""
     import saekit
-    from saekit.train import Trainer
+    from saekit.training.trainer import Trainer
 
     options = dict(SAE_OPTIONS[arch])
     if arch in ("topk", "batchtopk"):

@@ -29,7 +29,7 @@ import torch
 import saekit
 from saekit.data.source import TensorSource
 from saekit.data.synthetic import make_toy
-from saekit.distributed import DistContext, DistributedError
+from saekit._runtime.distributed import DistContext, DistributedError
 
 WORLD = 2
 TIMEOUT_S = 20.0  # the process group's timeout in the workers
@@ -57,7 +57,7 @@ def _worker(rank: int, world: int, port: int, folder: str, job: str, args: tuple
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    from saekit.distributed import init_distributed_from_env, shutdown
+    from saekit._runtime.distributed import init_distributed_from_env, shutdown
 
     try:
         ctx = init_distributed_from_env(timeout_s=TIMEOUT_S)
@@ -240,7 +240,7 @@ def tiny_corpus():
 
 
 def live_runs(loaded, corpus):
-    from saekit.multi_train import Run, SharedModelPass
+    from saekit.training.multi_train import Run, SharedModelPass
 
     shared = SharedModelPass(loaded, corpus, LIVE_HOOKS, contexts_per_chunk=2, window_chunks=2)
     runs = [Run(hook.replace(".", "_"), saekit.create(arch, d_in=32, d_sae=64, seed=3, **sae_options),
@@ -251,7 +251,7 @@ def live_runs(loaded, corpus):
 
 def counting_live(loaded, corpus, hook):
     """LiveActivations that records which chunks it ran the model on."""
-    from saekit.data.buffer import LiveActivations
+    from saekit.data.live import LiveActivations
 
     live = LiveActivations(loaded, corpus, hook, contexts_per_chunk=2, window_chunks=2)
     live.reads = []
@@ -274,7 +274,7 @@ class FailOnce:
 
 def job_model(ctx: DistContext, folder: Path) -> None:
     import saekit.data.distributed_harvest as dh
-    from saekit.multi_train import multi_train
+    from saekit.training.multi_train import multi_train
 
     loaded, corpus = tiny_model(), tiny_corpus()
     real = dh.harvest_shard
@@ -322,14 +322,14 @@ def test_a_two_rank_harvest_writes_the_single_process_store(model_job, tmp_path)
         for column in ("token_ids", "doc_ids", "positions"):
             assert torch.equal(getattr(got, column)[:], getattr(expected, column)[:])
         assert got.manifest == expected.manifest  # same shards, rows, checksums, header
-        assert sorted(p.name for p in (model_job / "store" / hook).glob("*.json")) == ["manifest.json"]
+        assert sorted(p.name for p in (model_job / "store" / hook).glob("*.json")) == ["manifest.json", "saekit.json"]
     # The rerun after the failure skipped the shards already written: rank 0 had both of its
     # shards, rank 1 the first of its two.
     assert [json.loads((model_job / f"resumed_shards{r}.json").read_text()) for r in range(WORLD)] == [[], [3]]
 
 
 def test_two_saes_at_two_hook_points_on_two_ranks_equal_single_runs(model_job):
-    from saekit.data.buffer import LiveActivations
+    from saekit.data.live import LiveActivations
 
     loaded, corpus = tiny_model(), tiny_corpus()
     for hook, (arch, sae_options, train_options) in LIVE_RUNS.items():
@@ -351,7 +351,7 @@ def test_data_parallel_on_a_live_stream_shares_the_model_passes(model_job):
 
 
 def test_one_process_trains_saes_at_several_hooks_from_one_model_pass(tmp_path):
-    from saekit.multi_train import multi_train
+    from saekit.training.multi_train import multi_train
 
     loaded, corpus = tiny_model(), tiny_corpus()
     shared, runs = live_runs(loaded, corpus)
@@ -366,7 +366,7 @@ def test_one_process_trains_saes_at_several_hooks_from_one_model_pass(tmp_path):
 
 
 def test_grid_names_and_options():
-    from saekit.multi_train import grid
+    from saekit.training.multi_train import grid
 
     runs = grid("topk", d_in=16, d_sae=[32, 64], k=[2, 4], lr=1e-3)
     assert [r.name for r in runs] == ["topk-d_sae_32-k_2", "topk-d_sae_32-k_4", "topk-d_sae_64-k_2", "topk-d_sae_64-k_4"]
@@ -374,7 +374,7 @@ def test_grid_names_and_options():
 
 
 def test_without_torchrun_the_environment_gives_one_process(monkeypatch):
-    from saekit.distributed import init_distributed_from_env
+    from saekit._runtime.distributed import init_distributed_from_env
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)

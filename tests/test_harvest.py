@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
+from saekit._runtime.errors import FolderError
+
 import saekit.data.harvest as harvest_module
-from saekit.data.buffer import LiveActivations
+from saekit.data.live import LiveActivations
 from saekit.data.corpus import default_corpus_path, read_documents, tokenize
 from saekit.data.harvest import harvest
 from saekit.data.model import capture, load_model
@@ -34,7 +36,7 @@ def corpus(smollm2, documents):
 
 
 def test_store_holds_the_models_activations(smollm2, corpus, tmp_path):
-    store = harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=256, batch_contexts=4, progress=False)
+    store = harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=256, batch_contexts=4, progress=False)[HOOK]
     mask = corpus.train_mask
     assert store.n_tokens == corpus.n_tokens == int(mask.sum()) and store.d_in == 576
     with torch.no_grad():  # the model's own hidden states, in the same batches of 4 contexts
@@ -59,8 +61,10 @@ def test_store_holds_the_models_activations(smollm2, corpus, tmp_path):
     on_disk = sum(f.stat().st_size for f in (tmp_path / "s").glob("shard-*"))
     assert on_disk == store.n_tokens * (2 * 576 + 12)  # bf16 rows + three int32 per row
 
-    with pytest.raises(FileExistsError, match="overwrite"):
-        harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=256, progress=False)
+    again = harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=256, batch_contexts=4, progress=False)[HOOK]
+    assert again.manifest == store.manifest  # the same settings: the finished store, reused as it is
+    with pytest.raises(FolderError, match=r"other settings \(.*n_shards: 3 -> 1.*--overwrite"):
+        harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=4096, progress=False)
 
 
 def test_several_hooks_in_one_pass_and_max_tokens(smollm2, corpus, tmp_path):
@@ -80,7 +84,7 @@ def test_several_hooks_in_one_pass_and_max_tokens(smollm2, corpus, tmp_path):
 
 
 def test_interrupted_harvest_resumes_where_it_stopped(smollm2, corpus, tmp_path, monkeypatch):
-    reference = harvest(smollm2, corpus, HOOK, tmp_path / "ref", shard_tokens=256, batch_contexts=2, progress=False)
+    reference = harvest(smollm2, corpus, HOOK, tmp_path / "ref", shard_tokens=256, batch_contexts=2, progress=False)[HOOK]
     calls = {"n": 0}
     real_capture = harvest_module.capture
 
@@ -96,7 +100,7 @@ def test_interrupted_harvest_resumes_where_it_stopped(smollm2, corpus, tmp_path,
     with pytest.raises(ValueError, match="resume"):
         open_store(tmp_path / "s")
     calls["n"] = 100
-    resumed = harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=256, batch_contexts=2, progress=False)
+    resumed = harvest(smollm2, corpus, HOOK, tmp_path / "s", shard_tokens=256, batch_contexts=2, progress=False)[HOOK]
     assert calls["n"] == 100 + 4  # shards 1 and 2 only: shard 0 was kept
     assert torch.equal(resumed.activations[:], reference.activations[:])
     ref_manifest = json.loads((tmp_path / "ref" / "manifest.json").read_text())
@@ -104,7 +108,7 @@ def test_interrupted_harvest_resumes_where_it_stopped(smollm2, corpus, tmp_path,
 
 
 def test_live_activations_match_the_store(smollm2, corpus, tmp_path):
-    store = harvest(smollm2, corpus, HOOK, tmp_path / "s", batch_contexts=4, progress=False)  # same batches
+    store = harvest(smollm2, corpus, HOOK, tmp_path / "s", batch_contexts=4, progress=False)[HOOK]  # same batches
     live = LiveActivations(smollm2, corpus, HOOK, contexts_per_chunk=4, window_chunks=2)
     assert live.d_in == 576 and live.n_tokens == store.n_tokens
     rows = torch.cat(list(live.iterate_once(100)))
@@ -121,8 +125,8 @@ def test_end_to_end_topk_sae_explains_held_out_activations(smollm2, documents, t
 
     corpus = tokenize(documents, smollm2.tokenizer, context_size=128, max_contexts=160)
     train, held_out = corpus.split(0.2, seed=0)
-    train_store = harvest(smollm2, train, HOOK, tmp_path / "train", progress=False)
-    held_store = harvest(smollm2, held_out, HOOK, tmp_path / "held_out", progress=False)
+    train_store = harvest(smollm2, train, HOOK, tmp_path / "train", progress=False)[HOOK]
+    held_store = harvest(smollm2, held_out, HOOK, tmp_path / "held_out", progress=False)[HOOK]
     sae = saekit.create("topk", d_in=train_store.d_in, d_sae=4 * train_store.d_in, k=32)
     saekit.train(sae, saekit.open_store(tmp_path / "train"), steps=150, batch_size=1024, progress=False)
     metrics = saekit.evaluate(sae, held_store)

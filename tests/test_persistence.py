@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import saekit
+from saekit._runtime.errors import FolderError
 from saekit.sae import ConfigError, SAELoadError
 
 OPTIONS = {
@@ -56,7 +57,7 @@ def test_saelens_tensor_names_and_layouts(tmp_path):
 
 def test_save_refuses_to_overwrite(tmp_path):
     random_sae("topk").save(tmp_path / "sae")
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(FolderError, match="overwrite=True"):
         random_sae("topk").save(tmp_path / "sae")
     random_sae("topk", seed=5).save(tmp_path / "sae", overwrite=True)
 
@@ -98,11 +99,14 @@ def test_missing_tensor_is_a_clear_error(tmp_path):
     ({"l1_coefficient": -1.0, "arch": "relu", "k": None}, "l1_coefficient must be"),
     ({"arch": "relu", "k": None}, "needs a sparsity level"),
     ({"l1_coefficient": 1.0}, "does not apply"),
+    ({"decoder_norm": "weighted"}, "decoder_norm does not apply"),
+    ({"dtype": "int8"}, "dtype must be one of"),
+    ({"d_sae": "many"}, "d_sae must be an integer"),
 ])
 def test_invalid_options_name_the_field(bad, message):
     options = {"arch": "topk", "d_in": 10, "d_sae": 30, "k": 3, **bad}
     with pytest.raises(ConfigError, match=message):
-        saekit.SAEConfig(**options)
+        saekit.create(options.pop("arch"), d_in=options.pop("d_in"), d_sae=options.pop("d_sae"), **options)
 
 
 @pytest.mark.parametrize("arch", ["gated", "batchtopk", "relu", "jumprelu"])

@@ -21,7 +21,7 @@ import torch
 
 from saekit.interpret import FeatureStats, collect_feature_stats
 from saekit.report import write_report
-from saekit.splice_eval import evaluate_in_model
+from saekit.evaluation.splice import evaluate_in_model
 
 from test_interpret import toy_corpus, toy_model, toy_sae
 

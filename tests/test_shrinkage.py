@@ -55,7 +55,7 @@ def test_relu_shrinks_to_one_minus_half_c_and_fit_scale_removes_it(c):
     assert reconstruction_of_one(sae) == pytest.approx(1 - c / 2, abs=0.02)
     assert saekit.evaluate(sae, x)["relative_reconstruction_bias"] < 1 - c / 4
 
-    saekit.fit_scale(sae, x, steps=600, batch_size=512, lr=0.05)
+    saekit.training.fit_scale(sae, x, steps=600, batch_size=512, lr=0.05)
     assert reconstruction_of_one(sae) == pytest.approx(1.0, abs=0.02)
     with torch.no_grad():
         zero = float(sae(torch.zeros(1, 1)))

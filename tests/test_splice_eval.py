@@ -1,4 +1,4 @@
-"""Evaluation inside the model (saekit.splice_eval), checked against a hand-written splice:
+"""Evaluation inside the model (saekit.evaluation.splice), checked against a hand-written splice:
 a forward hook on the decoder block that replaces its output, and cross-entropy, KL and
 loss recovered written out from their definitions."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import saekit
 from saekit.data.corpus import TokenizedCorpus
 from saekit.data.model import from_hf
-from saekit.splice_eval import evaluate_in_model, limit_tokens, print_table, read_metrics, write_metrics
+from saekit.evaluation.splice import evaluate_in_model, limit_tokens, print_table, read_metrics, write_metrics
 
 LAYER = 1
 HOOK = f"layers.{LAYER}.resid_post"

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from saekit.data.buffer import shuffled_batches
+from saekit.data.shuffle import shuffled_batches
+from saekit._runtime.errors import FolderError
 from saekit.data.store import IDENTITY_KEYS, StoreError, StoreWriter, open_store
 
 D_IN = 8
@@ -19,7 +20,8 @@ D_IN = 8
 
 def header(n_tokens: int, n_shards: int, dtype: str = "float32", d_in: int = D_IN) -> dict:
     return {
-        "model": "test", "hook": "layers.0.resid_post", "dtype": dtype, "d_in": d_in, "context_size": 4,
+        "model": "test", "model_fingerprint": "f00d", "hook": "layers.0.resid_post", "dtype": dtype, "d_in": d_in,
+        "context_size": 4,
         "corpus_fingerprint": "abc", "n_tokens": n_tokens, "shard_contexts": 1, "n_shards": n_shards,
     }
 
@@ -76,9 +78,11 @@ def test_corrupted_shard_fails_verification(tmp_path):
     data = bytearray(shard.read_bytes())
     data[17] ^= 0xFF
     shard.write_bytes(bytes(data))
-    store = open_store(tmp_path / "s")  # sizes still match: only the checksum can tell
+    store = open_store(tmp_path / "s", verify=False)  # sizes still match: only the checksum can tell
     with pytest.raises(StoreError, match="shard-00000.tok.*checksum"):
         store.verify()
+    with pytest.raises(StoreError, match="shard-00000.tok.*checksum"):
+        open_store(tmp_path / "s")  # opening verifies by default
 
 
 def test_manifest_that_does_not_match_its_shards(tmp_path):
@@ -116,21 +120,28 @@ def test_unfinished_store_cannot_be_opened_but_resumes(tmp_path):
     resumed.write_shard(1, acts[30:60], meta_for(30, 60), (1, 2))
     resumed.write_shard(2, acts[60:], meta_for(60, 90), (2, 3))
     assert torch.equal(resumed.finish().activations[:], acts)
-    # another identity is refused
+    # another identity is refused, with the difference shown
     other = {**header(90, 3), "hook": "layers.1.resid_post"}
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(FolderError, match=r"other settings \(hook: \"layers.0.resid_post\" -> \"layers.1.resid_post\"\).*--overwrite"):
         StoreWriter(tmp_path / "s", other)
 
 
-def test_finished_store_is_never_overwritten_silently(tmp_path):
+def test_finished_store_is_reused_and_overwrite_deletes_only_what_saekit_wrote(tmp_path):
     write_store(tmp_path / "s", rows_for(30), [30])
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        StoreWriter(tmp_path / "s", header(30, 1))
-    assert StoreWriter(tmp_path / "s", header(30, 1), overwrite=True).done_shards == 0
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    again = StoreWriter(tmp_path / "s", header(30, 1))  # the same settings: the finished store, as it is
+    assert again.complete and again.done_shards == 1
+    again.close()
+    writer = StoreWriter(tmp_path / "s", header(30, 1), overwrite=True)
+    assert writer.done_shards == 0 and not (tmp_path / "s" / "shard-00000.act").exists()
+    assert (tmp_path / "s" / "notes.txt").read_text() == "mine"
+    writer.close()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not an activation store"):
+    (tmp_path / "other" / "manifest.json").write_text("{}")  # a file of the name the store writes, not saekit's
+    with pytest.raises(FolderError, match="saekit did not write it"):
         StoreWriter(tmp_path / "other", header(30, 1), overwrite=True)
+    assert (tmp_path / "other" / "manifest.json").read_text() == "{}"
     assert set(IDENTITY_KEYS) <= set(header(1, 1)) | {"hook"}
 
 

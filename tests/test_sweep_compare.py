@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from saekit.cli import main
-from saekit.compare import compare
+from saekit.app.cli import main
+from saekit.evaluation.compare import compare
 
 SMALL_RUN = [
     "--harvest.tokens", "4096", "--corpus.context_size", "64", "--sae.expansion", "2", "--sae.k", "8",
@@ -47,7 +47,7 @@ def test_compare_finds_what_b_lacks(run, tmp_path, capsys):
     with torch.no_grad():
         b.W_dec[10:] = a.W_dec[10:] * 3.0  # scale does not matter, direction does
     b.save(tmp_path / "b")
-    result = compare(run, tmp_path / "b", threshold=0.7)
+    result = compare(run / "sae", tmp_path / "b", threshold=0.7)
     assert {row["feature"] for row in result["unmatched"]} == set(range(10))
     assert result["fraction_matched"] == pytest.approx(1 - 10 / a.d_sae)
     assert main(["compare", str(run), str(tmp_path / "b"), "--json", str(tmp_path / "c.json")]) == 0

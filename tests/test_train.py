@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import saekit
+from saekit._runtime.errors import FolderError
 from saekit.data.source import TensorSource
 from saekit.data.synthetic import make_toy
-from saekit.train import TrainConfig
+from saekit.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,10 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, toy_x, a
                      InterruptAfter(toy_x, limit=45), out=tmp_path / "b", **options)
     state = json.loads((tmp_path / "b" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 40
-    resumed = saekit.train(saekit.create(arch, d_in=16, d_sae=64, seed=99, **RESUME_CASES[arch]), toy_x,
+    with pytest.raises(FolderError, match="initial_weights"):  # another initialisation is another run
+        saekit.train(saekit.create(arch, d_in=16, d_sae=64, seed=99, **RESUME_CASES[arch]), toy_x,
+                     out=tmp_path / "b", **options)
+    resumed = saekit.train(saekit.create(arch, d_in=16, d_sae=64, seed=1, **RESUME_CASES[arch]), toy_x,
                            out=tmp_path / "b", **options)
     for name, tensor in whole.sae.state_for_save().items():
         torch.testing.assert_close(resumed.sae.state_for_save()[name], tensor, rtol=0, atol=0, msg=name)
@@ -67,10 +71,12 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, toy_x, a
 def test_a_finished_run_is_not_touched_without_resume(tmp_path, toy_x):
     options = dict(steps=5, batch_size=256, progress=False)
     saekit.train(saekit.create("topk", d_in=16, d_sae=32, k=2), toy_x, out=tmp_path, **options)
-    with pytest.raises(FileExistsError, match="resume=True"):
+    with pytest.raises(FolderError, match="resume=True"):
         saekit.train(saekit.create("topk", d_in=16, d_sae=32, k=2), toy_x, out=tmp_path, resume=False, **options)
-    with pytest.raises(ValueError, match="batch_size=256 but this run asks for batch_size=128"):
+    with pytest.raises(FolderError, match="train.batch_size: 256 -> 128"):
         saekit.train(saekit.create("topk", d_in=16, d_sae=32, k=2), toy_x, out=tmp_path, **{**options, "batch_size": 128})
+    with pytest.raises(FolderError, match="sae.k: 2 -> 3"):
+        saekit.train(saekit.create("topk", d_in=16, d_sae=32, k=3), toy_x, out=tmp_path, **options)
 
 
 def test_schedules():

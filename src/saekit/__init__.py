@@ -9,13 +9,12 @@
 """
 from __future__ import annotations
 
+from .evaluation.metrics import evaluate
 from .sae import ARCHITECTURES, SAEConfig, SparseAutoencoder, create
 from .sae.convert import convert
 from .sae.persistence import load_sae as load
-
-from .evaluate import evaluate
-from .fit_scale import fit_scale
-from .train import train
+from .training.fit_scale import fit_scale
+from .training.trainer import train
 
 __version__ = "0.1.0"
 

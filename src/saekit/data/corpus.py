@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._runtime.errors import UsageError
+
 TEXT_SUFFIXES = (".txt", ".md")
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -69,6 +71,15 @@ def default_corpus_path() -> Path:
     return path
 
 
+def corpus_fingerprint(path: str | Path) -> str:
+    """The content of a corpus path in one hash: every file under it (name and sha256)."""
+    from .._runtime.folder import fingerprint_paths
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return fingerprint_paths(files, full_below=1 << 62)
+
+
 # ---- reading ---------------------------------------------------------------------------
 
 
@@ -94,7 +105,7 @@ def read_documents(path: str | Path, text_field: str | None = None) -> list[Docu
                 key=lambda p: p.relative_to(path).as_posix(),
             )
             if not files:
-                raise ValueError(
+                raise UsageError(
                     f"the folder {path} holds no {'/'.join(TEXT_SUFFIXES)} files (searched recursively). "
                     "Point at a folder of text files, or at a .jsonl/.parquet file or a `datasets` folder."
                 )
@@ -115,7 +126,7 @@ def read_documents(path: str | Path, text_field: str | None = None) -> list[Docu
         )
     documents = [d for d in documents if d.text.strip()]
     if not documents:
-        raise ValueError(f"the corpus at {path} is empty: no document has any text.")
+        raise UsageError(f"the corpus at {path} is empty: no document has any text.")
     return documents
 
 
@@ -131,13 +142,13 @@ def _read_text(path: Path, not_utf8: list[str]) -> str:
 def _pick_field(string_fields: Sequence[str], all_fields: Sequence[str], text_field: str | None, where: str) -> str:
     if text_field is not None:
         if text_field not in all_fields:
-            raise ValueError(f"{where} has no field {text_field!r}; its fields are {list(all_fields)}.")
+            raise UsageError(f"{where} has no field {text_field!r}; its fields are {list(all_fields)}.")
         return text_field
     if DEFAULT_TEXT_FIELD in string_fields:
         return DEFAULT_TEXT_FIELD
     if len(string_fields) == 1:
         return string_fields[0]
-    raise ValueError(
+    raise UsageError(
         f"cannot tell which field of {where} holds the text: its string fields are {list(string_fields)}. "
         "Name one with text_field=... (CLI: --text-field)."
     )
@@ -155,18 +166,18 @@ def _read_json_lines(path: Path, text_field: str | None, not_utf8: list[str]) ->
             try:
                 rows.append((number, json.loads(line)))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}); expected one object per line.") from None
+                raise UsageError(f"{path}:{number} is not valid JSON ({error.msg}); expected one object per line.") from None
     if not rows:
-        raise ValueError(f"the corpus file {path} holds no JSON records.")
+        raise UsageError(f"the corpus file {path} holds no JSON records.")
     number, first = rows[0]
     if not isinstance(first, dict):
-        raise ValueError(f"{path}:{number} is a {type(first).__name__}; expected a JSON object per record.")
+        raise UsageError(f"{path}:{number} is a {type(first).__name__}; expected a JSON object per record.")
     name = _pick_field([k for k, v in first.items() if isinstance(v, str)], list(first), text_field, str(path))
     documents = []
     for number, row in rows:
         value = row.get(name) if isinstance(row, dict) else None
         if not isinstance(value, str):
-            raise ValueError(f"{path}:{number} has no string field {name!r}; every record needs one.")
+            raise UsageError(f"{path}:{number} has no string field {name!r}; every record needs one.")
         documents.append(Document(value, f"{path}:{number}"))
     return documents
 
@@ -185,7 +196,7 @@ def _read_parquet(path: Path, text_field: str | None) -> list[Document]:
 def _read_datasets_folder(path: Path, text_field: str | None) -> list[Document]:
     if (path / "dataset_dict.json").exists():
         splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
-        raise ValueError(
+        raise UsageError(
             f"{path} is a DatasetDict with splits {splits}; point at one of them, e.g. {path / splits[0]}."
         )
     try:
@@ -259,10 +270,10 @@ class TokenizedCorpus:
         ``seed``, is held out; both parts keep corpus order. Deterministic."""
         n = len(self)
         if not 0.0 < held_out_fraction < 1.0:
-            raise ValueError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}.")
+            raise UsageError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}.")
         n_held = round(held_out_fraction * n)
         if n_held == 0 or n_held == n:
-            raise ValueError(
+            raise UsageError(
                 f"a held-out fraction of {held_out_fraction} of {n} contexts leaves "
                 f"{'nothing held out' if n_held == 0 else 'nothing to train on'}; use more text or another fraction."
             )
@@ -303,17 +314,17 @@ def tokenize(
     harvest.
     """
     if context_size < 2:
-        raise ValueError(f"context_size must be at least 2 (BOS plus one token), got {context_size}.")
+        raise UsageError(f"context_size must be at least 2 (BOS plus one token), got {context_size}.")
     if max_contexts is not None and max_contexts < 1:
-        raise ValueError(f"max_contexts must be >= 1, got {max_contexts}.")
+        raise UsageError(f"max_contexts must be >= 1, got {max_contexts}.")
     if max_tokens is not None and max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}.")
+        raise UsageError(f"max_tokens must be >= 1, got {max_tokens}.")
     if not documents:
-        raise ValueError("the corpus is empty: no documents to tokenise.")
+        raise UsageError("the corpus is empty: no documents to tokenise.")
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
     if bos is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token; saekit needs one to start contexts.")
+        raise UsageError("the tokenizer has neither a BOS nor an EOS token; saekit needs one to start contexts.")
     pad = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else sep
     width = context_size - 1  # text tokens per context, after BOS
     special = np.array(sorted({bos, sep, *getattr(tokenizer, "all_special_ids", [])}), dtype=np.int64)
@@ -359,7 +370,7 @@ def tokenize(
     owner = np.concatenate(owners)
     n_contexts = len(stream) // width
     if n_contexts == 0:
-        raise ValueError(
+        raise UsageError(
             f"the corpus has {len(stream)} tokens, fewer than one context of {context_size} "
             f"(BOS + {width} text tokens). Add text or lower context_size."
         )

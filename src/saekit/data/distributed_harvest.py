@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..atomic import atomic_write_json
-from ..distributed import DistContext
+from .._runtime.atomic import atomic_write_json
+from .._runtime.errors import UsageError
+from .._runtime.distributed import DistContext
 from .corpus import TokenizedCorpus
 from .harvest import DEFAULT_BATCH_CONTEXTS, DEFAULT_SHARD_TOKENS, harvest, harvest_shard, plan_harvest
 from .model import LoadedModel
@@ -37,7 +38,7 @@ def harvest_distributed(
     overwrite: bool = False,
     progress: bool = True,
     ctx: DistContext | None = None,
-) -> ActivationStore | dict[str, ActivationStore]:
+) -> dict[str, ActivationStore]:
     """``harvest`` (same arguments, same result), with the shards spread over the ranks of
     the initialised process group; plain ``harvest`` when there is none. Every rank
     passes the same corpus and options and gets the finished store(s) back."""
@@ -46,7 +47,7 @@ def harvest_distributed(
         return harvest(loaded, corpus, hooks, out, max_tokens=max_tokens, dtype=dtype, batch_contexts=batch_contexts,
                        shard_tokens=shard_tokens, overwrite=overwrite, progress=progress)
     if batch_contexts < 1:
-        raise ValueError("batch_contexts must be positive.")
+        raise UsageError("batch_contexts must be positive.")
     plan = plan_harvest(loaded, corpus, hooks, out, max_tokens=max_tokens, dtype=dtype, shard_tokens=shard_tokens)
     ctx.agree(int(corpus.fingerprint[:12], 16), "the corpus (its fingerprint)")
     ctx.agree(plan.n_shards, "the number of shards")
@@ -60,7 +61,20 @@ def harvest_distributed(
                        for name in plan.names}
         except Exception as caught:  # re-raised below, once the other ranks know to stop
             error = caught
-    ctx.raise_together(error, f"preparing the store(s) in {out}")
+    try:
+        if ctx.is_main and error is None:  # every file any rank may write, recorded as saekit's first
+            for writer in writers.values():
+                writer.folder.output(*(f"{shard_name(s)}.{kind}" for s in range(plan.n_shards)
+                                       for kind in ("act", "tok", "json")))
+        ctx.raise_together(error, f"preparing the store(s) in {out}")
+        return _harvest_shards(loaded, corpus, plan, writers, ctx, batch_contexts=batch_contexts, progress=progress,
+                               out=out)
+    finally:
+        for writer in writers.values():
+            writer.close()
+
+
+def _harvest_shards(loaded, corpus, plan, writers, ctx, *, batch_contexts: int, progress: bool, out) -> dict:
 
     mine = list(range(ctx.rank, plan.n_shards, ctx.world_size))
     done = {name: _done_shards(plan.paths[name], mine) for name in plan.names}
@@ -81,7 +95,7 @@ def harvest_distributed(
                 parts, meta = harvest_shard(loaded, corpus, plan, shard, todo, batch_contexts=batch_contexts, bar=bar)
                 for name in todo:
                     record = write_shard_files(plan.paths[name], shard, parts[name], meta, plan.contexts(shard),
-                                               dtype=dtype, d_in=plan.header["d_in"])
+                                               dtype=plan.header["dtype"], d_in=plan.header["d_in"])
                     atomic_write_json(_record_path(plan.paths[name], shard), record)
     except Exception as caught:
         error = caught
@@ -100,8 +114,7 @@ def harvest_distributed(
         except Exception as caught:
             error = caught
     ctx.raise_together(error, f"finishing the store(s) in {out}")
-    stores = {name: open_store(plan.paths[name]) for name in plan.names}
-    return stores[plan.names[0]] if plan.single else stores
+    return {name: open_store(plan.paths[name], verify=False) for name in plan.names}
 
 
 def _record_path(store: Path, shard: int) -> Path:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._runtime.errors import UsageError
 from .corpus import TokenizedCorpus
 from .model import LoadedModel, capture, resolve_hook
 from .store import STORE_DTYPES, ActivationStore, StoreWriter
@@ -66,13 +67,13 @@ def plan_harvest(
     single = isinstance(hooks, str)
     names = [str(resolve_hook(loaded, h)) for h in ([hooks] if single else hooks)]
     if not names:
-        raise ValueError("harvest needs at least one hook point.")
+        raise UsageError("harvest needs at least one hook point.")
     if len(set(names)) != len(names):
-        raise ValueError(f"hook points are repeated: {names}.")
+        raise UsageError(f"hook points are repeated: {names}.")
     if dtype not in STORE_DTYPES:
-        raise ValueError(f"store dtype {dtype!r} is not supported; use one of {sorted(STORE_DTYPES)}.")
+        raise UsageError(f"store dtype {dtype!r} is not supported; use one of {sorted(STORE_DTYPES)}.")
     if shard_tokens < 1:
-        raise ValueError("shard_tokens must be positive.")
+        raise UsageError("shard_tokens must be positive.")
     out = Path(out)
 
     mask, n_contexts, n_tokens = _harvest_mask(corpus, max_tokens)
@@ -80,6 +81,7 @@ def plan_harvest(
     n_shards = math.ceil(n_contexts / shard_contexts)
     header = {
         "model": loaded.name,
+        "model_fingerprint": loaded.fingerprint,
         "dtype": dtype,
         "d_in": loaded.d_model,
         "context_size": corpus.context_size,
@@ -142,34 +144,41 @@ def harvest(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     overwrite: bool = False,
     progress: bool = True,
-) -> ActivationStore | dict[str, ActivationStore]:
-    """Harvest activations at ``hooks`` into stores and return them opened.
+) -> dict[str, ActivationStore]:
+    """Harvest activations at ``hooks`` into stores and return them opened, as {hook: store}.
 
-    One hook (a string): the store is ``out`` itself and one ``ActivationStore`` is
-    returned. A list of hooks: one store per hook at ``out/<hook>/``, returned as
-    {hook: store}. ``dtype`` is the stored dtype ("bfloat16" or "float32"), whatever
-    the model runs in. An existing finished store is never replaced unless ``overwrite``.
+    One hook (a string): the store is ``out`` itself. A list of hooks: one store per hook
+    at ``out/<hook>/``. ``dtype`` is the stored dtype ("bfloat16" or "float32"), whatever
+    the model runs in. A finished store with the same settings is returned as it is; one
+    made with other settings is refused unless ``overwrite``, which deletes only the
+    files saekit wrote there (see StoreWriter).
     """
     if batch_contexts < 1:
-        raise ValueError("batch_contexts must be positive.")
+        raise UsageError("batch_contexts must be positive.")
     plan = plan_harvest(loaded, corpus, hooks, out, max_tokens=max_tokens, dtype=dtype, shard_tokens=shard_tokens)
     names = plan.names
-    writers = {name: StoreWriter(plan.paths[name], {**plan.header, "hook": name}, overwrite=overwrite) for name in names}
-    first = min(writer.done_shards for writer in writers.values())
-    done_rows = int(plan.mask[: first * plan.shard_contexts].sum())
+    writers: dict[str, StoreWriter] = {}
+    try:
+        for name in names:
+            writers[name] = StoreWriter(plan.paths[name], {**plan.header, "hook": name}, overwrite=overwrite)
+        first = min(writer.done_shards for writer in writers.values())
+        done_rows = int(plan.mask[: first * plan.shard_contexts].sum())
 
-    from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-    bar = tqdm(total=plan.header["n_tokens"], initial=done_rows, unit="tok", unit_scale=True, disable=not progress,
-               desc=f"harvest {names[0]}" + (f" (+{len(names) - 1})" if len(names) > 1 else ""))
-    with bar:
-        for shard in range(first, plan.n_shards):
-            todo = [name for name in names if writers[name].done_shards <= shard]
-            parts, meta = harvest_shard(loaded, corpus, plan, shard, todo, batch_contexts=batch_contexts, bar=bar)
-            for name in todo:
-                writers[name].write_shard(shard, parts[name], meta, plan.contexts(shard))
-    stores = {name: writer.finish() for name, writer in writers.items()}
-    return stores[names[0]] if plan.single else stores
+        bar = tqdm(total=plan.header["n_tokens"], initial=done_rows, unit="tok", unit_scale=True,
+                   disable=not progress or first == plan.n_shards,
+                   desc=f"harvest {names[0]}" + (f" (+{len(names) - 1})" if len(names) > 1 else ""))
+        with bar:
+            for shard in range(first, plan.n_shards):
+                todo = [name for name in names if writers[name].done_shards <= shard]
+                parts, meta = harvest_shard(loaded, corpus, plan, shard, todo, batch_contexts=batch_contexts, bar=bar)
+                for name in todo:
+                    writers[name].write_shard(shard, parts[name], meta, plan.contexts(shard))
+        return {name: writer.finish() for name, writer in writers.items()}
+    finally:
+        for writer in writers.values():
+            writer.close()
 
 
 def _harvest_mask(corpus: TokenizedCorpus, max_tokens: int | None) -> tuple[torch.Tensor, int, int]:
@@ -178,7 +187,7 @@ def _harvest_mask(corpus: TokenizedCorpus, max_tokens: int | None) -> tuple[torc
     per_context = mask.sum(dim=1).cumsum(0)
     total = int(per_context[-1]) if len(per_context) else 0
     if total == 0:
-        raise ValueError("the corpus has no tokens in its train mask: nothing to harvest.")
+        raise UsageError("the corpus has no tokens in its train mask: nothing to harvest.")
     if max_tokens is None or max_tokens >= total:
         if max_tokens is not None and max_tokens > total:
             warnings.warn(
@@ -187,7 +196,7 @@ def _harvest_mask(corpus: TokenizedCorpus, max_tokens: int | None) -> tuple[torc
             )
         return mask, len(corpus), total
     if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}.")
+        raise UsageError(f"max_tokens must be >= 1, got {max_tokens}.")
     n_contexts = int(torch.searchsorted(per_context, max_tokens)) + 1  # first context reaching max_tokens
     mask = mask[:n_contexts].clone()
     last = mask[-1]

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..atomic import atomic_path
+from .._runtime.atomic import atomic_path
 
 SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 FINAL_NORM = "final_norm"
@@ -171,6 +171,8 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     _family: _Family = field(repr=False)
+    fingerprint: str | None = None
+    """A fingerprint of the model's files (model_fingerprint), when load_model loaded it."""
     _tokenizer: Any = field(default=None, repr=False)
     _load_tokenizer: Callable[[], Any] | None = field(default=None, repr=False)
 
@@ -335,8 +337,33 @@ def load_model(
             "the embedded models."
         ) from error
     loaded = from_hf(model.to(device), name=name)
+    loaded.fingerprint = model_fingerprint(spec)
     loaded._load_tokenizer = lambda: AutoTokenizer.from_pretrained(source, **kwargs)
     return loaded
+
+
+def model_path(spec: str) -> Path | None:
+    """The local file or folder a model spec names; None for a Hub id."""
+    if spec in ("default", DEFAULT_MODEL):
+        return default_model_path()
+    if spec == GEMMA3:
+        return gemma3_270m_path()
+    path = Path(spec).expanduser()
+    return path if path.exists() else None
+
+
+def model_fingerprint(spec: str) -> str:
+    """What a model spec loads, in one hash: the content of its files (their size and first
+    and last MiB where they are large), or "hub:<id>" for a Hub id."""
+    from .._runtime.folder import fingerprint_paths
+
+    path = model_path(str(spec))
+    if path is None:
+        return f"hub:{spec}"
+    if path.is_file():
+        return fingerprint_paths([path])
+    files = [p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".gguf", ".model")]
+    return fingerprint_paths(files)
 
 
 def _load_kwargs(dtype: torch.dtype, *, gguf: bool) -> dict[str, Any]:

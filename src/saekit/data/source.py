@@ -7,7 +7,7 @@ A batch source has ``d_in`` and
 an endless stream of float tensors [batch_size // world_size, d_in]. Global batch i is a
 function of (seed, i) alone, and rank r receives rows [r·b, (r+1)·b) of it, so a run on
 W ranks sees exactly the data of a run on one. ``start`` skips the first global batches
-(resume). Activation stores and live model streams (data/store.py, data/buffer.py)
+(resume). Activation stores and live model streams (data/store.py, data/live.py)
 implement it; this module adapts an in-memory tensor or any iterable of batches.
 
 For evaluation, ``iterate_once(data, batch_size)`` walks a finite source in order.
@@ -21,6 +21,10 @@ from typing import Iterable, Iterator, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from .._runtime.checksums import sha256_bytes
+from .._runtime.errors import UsageError
+from .shuffle import rank_slice
+
 
 @runtime_checkable
 class BatchSource(Protocol):
@@ -31,24 +35,15 @@ class BatchSource(Protocol):
     ) -> Iterator[Tensor]: ...
 
 
-def rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
-    if batch_size % world_size:
-        raise ValueError(
-            f"batch_size={batch_size} is not divisible by the {world_size} ranks; choose a multiple of {world_size}."
-        )
-    per_rank = batch_size // world_size
-    return slice(rank * per_rank, (rank + 1) * per_rank)
-
-
 class TensorSource:
     """Random batches without replacement from an in-memory [N, d_in] tensor; a new
     permutation every epoch (a pass over N // batch_size batches)."""
 
     def __init__(self, activations: Tensor) -> None:
         if activations.ndim != 2:
-            raise ValueError(f"activations must be a [tokens, d_in] tensor, got shape {tuple(activations.shape)}.")
+            raise UsageError(f"activations must be a [tokens, d_in] tensor, got shape {tuple(activations.shape)}.")
         if activations.shape[0] == 0:
-            raise ValueError("activations is empty: it has no rows to train on.")
+            raise UsageError("activations is empty: it has no rows to train on.")
         self.activations = activations
         self.d_in = activations.shape[1]
 
@@ -58,7 +53,7 @@ class TensorSource:
     def batches(self, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1):
         n = self.activations.shape[0]
         if batch_size > n:
-            raise ValueError(f"batch_size={batch_size} is larger than the {n} rows of activations; lower it.")
+            raise UsageError(f"batch_size={batch_size} is larger than the {n} rows of activations; lower it.")
         mine = rank_slice(batch_size, rank, world_size)
         per_epoch = n // batch_size
         i = start
@@ -74,6 +69,19 @@ class TensorSource:
         for begin in range(0, self.activations.shape[0], batch_size):
             yield self.activations[begin : begin + batch_size].float()
 
+    def fingerprint(self) -> str:
+        """The tensor's shape and dtype with a hash of 4,096 of its rows, evenly spaced (the
+        whole tensor could be gigabytes)."""
+        rows = self.activations[:: max(1, self.activations.shape[0] // 4096)].detach().float().cpu().contiguous()
+        return f"tensor{list(self.activations.shape)}:{self.activations.dtype}:" + sha256_bytes(rows.numpy().tobytes())
+
+    def first_nonfinite(self) -> str | None:
+        bad = ~torch.isfinite(self.activations)
+        if not bool(bad.any()):
+            return None
+        row, column = (int(i) for i in bad.nonzero()[0])
+        return f"row {row}, column {column} of the activations tensor: {float(self.activations[row, column])}"
+
 
 class IterableSource:
     """Any iterable of [*, d_in] tensors, re-cut into batches of exactly batch_size rows.
@@ -87,7 +95,7 @@ class IterableSource:
         if d_in is None:
             first = next(self._iterator, None)
             if first is None:
-                raise ValueError("the data iterable is empty: it yielded no batch.")
+                raise UsageError("the data iterable is empty: it yielded no batch.")
             self._peeked.append(first)
             d_in = first.shape[-1]
         self.d_in = d_in
@@ -113,7 +121,7 @@ class IterableSource:
         for chunk in self._rows():
             chunk = chunk.reshape(-1, chunk.shape[-1])
             if chunk.shape[-1] != self.d_in:
-                raise ValueError(f"a batch has width {chunk.shape[-1]}, but earlier batches had d_in={self.d_in}.")
+                raise UsageError(f"a batch has width {chunk.shape[-1]}, but earlier batches had d_in={self.d_in}.")
             pending.append(chunk)
             held += chunk.shape[0]
             while held >= batch_size:
@@ -148,10 +156,22 @@ def as_source(data) -> BatchSource:
         return data
     if isinstance(data, Iterable):
         return IterableSource(data)
-    raise TypeError(
+    raise UsageError(
         f"cannot train on a {type(data).__name__}: pass a [tokens, d_in] tensor, an activation store "
         "(saekit.open_store(path) or its path), a live activation stream, or an iterable of [batch, d_in] tensors."
     )
+
+
+def fingerprint_of(source) -> str | None:
+    """What a batch source reads, in one string, where it can tell (None for a plain iterable)."""
+    fingerprint = getattr(source, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else None
+
+
+def describe_nonfinite(source) -> str | None:
+    """Where a source's first NaN or infinity is, where it can look (stores, tensors)."""
+    locate = getattr(source, "first_nonfinite", None)
+    return locate() if callable(locate) else None
 
 
 def iterate_once(data, batch_size: int, max_tokens: int | None = None) -> Iterator[Tensor]:
@@ -165,7 +185,7 @@ def iterate_once(data, batch_size: int, max_tokens: int | None = None) -> Iterat
     else:
         # Endless sources (live model streams): a fixed number of batches from seed 0.
         if max_tokens is None:
-            raise ValueError("this data source is endless; give max_tokens to say how much of it to evaluate.")
+            raise UsageError("this data source is endless; give max_tokens to say how much of it to evaluate.")
         chunks = source.batches(batch_size, seed=0)
     seen = 0
     for chunk in chunks:

@@ -21,7 +21,7 @@ from torch import Tensor
 from ..data.corpus import TokenizedCorpus
 from ..data.model import LoadedModel, capture, resolve_hook
 from ..sae.base import SparseAutoencoder
-from ..splice_eval import limit_tokens
+from ..evaluation.splice import limit_tokens
 from .examples import ExampleHeap
 from .logits import logit_effects
 from .stats import FeatureStats

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..atomic import atomic_path
+from .._runtime.atomic import atomic_path
 from .examples import Examples
 
 FORMAT = "saekit.feature_stats/1"

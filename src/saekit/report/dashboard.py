@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_write_text
+from .._runtime.atomic import atomic_write_text
 from ..interpret.stats import FeatureStats
 from ..sae.base import SparseAutoencoder
-from ..splice_eval import format_value, table_rows
+from ..evaluation.splice import format_value, table_rows
 from .plots import write_plots
 
 SHARD_SIZE = 64

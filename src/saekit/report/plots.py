@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from .._runtime.atomic import atomic_path
 from ..interpret.stats import FeatureStats
 
 ACCENT = "#d9480f"

@@ -14,18 +14,22 @@ saving) lives here so that the trainer never asks which architecture it trains.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from .config import SAEConfig
+from .config import ConfigError, SAEConfig
 from .sparse_decode import Active, sparse_decode
 
-WEIGHTS_FILE = "sae_weights.safetensors"
-CONFIG_FILE = "cfg.json"
+SPARSITY_FIELDS = ("l1_coefficient", "l0_coefficient", "target_l0", "k")
+"""SAEConfig fields that set sparsity; each architecture uses some of them."""
+OPTION_FIELDS = ("decoder_norm", "jumprelu_bandwidth", "jumprelu_init_threshold", "aux_k", "aux_coefficient",
+                 "batchtopk_threshold_momentum")
+"""SAEConfig fields that only some architectures use (declared in each class's ``options``)."""
 
 
 class LossOutput(NamedTuple):
@@ -74,9 +78,19 @@ def overwritable(grad: Tensor) -> Tensor:
 
 
 class SparseAutoencoder(nn.Module):
+    # ---- what an architecture is (read by sae/registry.py, the CLI, the sweep, validation)
     arch: ClassVar[str]
+    """Its name in configs, on the command line and in cfg.json."""
+    summary: ClassVar[str] = ""
+    """One line: how features are computed and what the sparsity term is."""
     coefficient_name: ClassVar[str | None] = None
-    """Config field holding the sparsity coefficient, for architectures with a penalty."""
+    """Config field holding the sparsity coefficient, for architectures with a penalty;
+    None for those whose sparsity is set by k."""
+    threshold_kind: ClassVar[Literal["per_feature", "scalar"] | None] = None
+    """Whether features pass a threshold θ at inference: learned per feature (JumpReLU) or
+    one running value (BatchTopK)."""
+    options: ClassVar[tuple[str, ...]] = ()
+    """The fields of OPTION_FIELDS this architecture uses."""
     unit_norm_decoder: ClassVar[bool] = True
     """Whether decoder rows are held at unit norm during training."""
     sparse_below: float = 0.04
@@ -88,6 +102,7 @@ class SparseAutoencoder(nn.Module):
 
     def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
+        self.check_config(cfg)
         self.cfg = cfg
         d_in, d_sae = cfg.d_in, cfg.d_sae
         # Decoder rows: random unit directions; the encoder starts as their transpose, so
@@ -99,8 +114,12 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         if cfg.feature_scale:
             self.add_feature_scale()
+        self._register_training_state()
+
+    def _register_training_state(self) -> None:
+        """The buffers that training moves and sae_weights.safetensors does not hold."""
         if self.coefficient_name is not None:
-            start = getattr(cfg, self.coefficient_name)
+            start = getattr(self.cfg, self.coefficient_name)
             if start is None:
                 start = self.default_coefficient()
             # A buffer, not a config value: the target-L0 controller moves it during
@@ -108,8 +127,45 @@ class SparseAutoencoder(nn.Module):
             self.register_buffer("sparsity_coefficient", torch.tensor(float(start)))
         # Tokens since each feature last fired; persistent=False keeps it out of the
         # SAELens-compatible weights file (the trainer checkpoints it separately).
-        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long), persistent=False)
+        self.register_buffer("tokens_since_fired", torch.zeros(self.cfg.d_sae, dtype=torch.long), persistent=False)
         self._active_share = 1.0  # of the last training batch's [batch, d_sae] entries
+
+    # ---- validation ----------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg: SAEConfig) -> None:
+        """Raise ConfigError if ``cfg`` does not describe an SAE of this architecture: its
+        sparsity must be set the way this architecture sets it, and fields it does not use
+        must be left at their defaults."""
+        if cfg.arch != cls.arch:
+            raise ConfigError(f"arch={cfg.arch!r} given to the {cls.arch} architecture.", field="arch", value=cfg.arch)
+        unused = set(SPARSITY_FIELDS)
+        if cls.coefficient_name is not None:
+            unused -= {cls.coefficient_name, "target_l0"}
+            coefficient = getattr(cfg, cls.coefficient_name)
+            if coefficient is None and cfg.target_l0 is None:
+                raise ConfigError(f"{cls.arch} needs a sparsity level: give {cls.coefficient_name}=<λ ≥ 0> or "
+                                  "target_l0=<features per token>.", field=cls.coefficient_name)
+            if cfg.target_l0 is not None and not cfg.target_l0 < cfg.d_sae:
+                raise ConfigError(f"target_l0 must lie in (0, d_sae={cfg.d_sae}), got {cfg.target_l0!r}.",
+                                  field="target_l0", value=cfg.target_l0)
+        else:
+            unused -= {"k"}
+            if cfg.k is None:
+                raise ConfigError(f"{cls.arch} needs k, the number of active features per token.", field="k")
+            if not cfg.k <= cfg.d_sae:
+                raise ConfigError(f"k must be an integer in [1, d_sae={cfg.d_sae}], got {cfg.k!r}.", field="k",
+                                  value=cfg.k)
+            if cfg.aux_k is not None and not cfg.aux_k <= cfg.d_sae:
+                raise ConfigError(f"aux_k must be in [1, d_sae={cfg.d_sae}], got {cfg.aux_k!r}.", field="aux_k",
+                                  value=cfg.aux_k)
+        for name in sorted(unused):
+            if getattr(cfg, name) is not None:
+                raise ConfigError(f"{name} does not apply to arch={cls.arch!r}; remove it.", field=name)
+        defaults = {f.name: f.default for f in dataclasses.fields(SAEConfig)}
+        for name in OPTION_FIELDS:
+            if name not in cls.options and getattr(cfg, name) != defaults[name]:
+                raise ConfigError(f"{name} does not apply to arch={cls.arch!r} (it applies to the architectures that "
+                                  "use it; see saekit.SAEConfig); remove it.", field=name)
 
     # ---- the architecture-specific part -------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -245,10 +301,13 @@ class SparseAutoencoder(nn.Module):
         return {name: t.detach().contiguous() for name, t in self.state_dict().items() if name != "sparsity_coefficient"}
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the SAE as a folder: cfg.json + sae_weights.safetensors, atomically."""
-        from .persistence import save_sae
+        """Write the SAE as a folder: cfg.json + sae_weights.safetensors (sae/files.py)."""
+        from .files import write_sae_folder
 
-        return save_sae(self, path, overwrite=overwrite)
+        cfg = self.config_for_save()
+        dtype = getattr(torch, cfg.dtype)
+        tensors = {name: t.to("cpu", dtype) if t.is_floating_point() else t.cpu() for name, t in self.state_for_save().items()}
+        return write_sae_folder(path, cfg.to_dict(), tensors, overwrite=overwrite)
 
     def config_for_save(self) -> SAEConfig:
         """cfg with the current sparsity coefficient written back (the controller may have moved it)."""
@@ -257,6 +316,33 @@ class SparseAutoencoder(nn.Module):
             setattr(cfg, self.coefficient_name, float(self.sparsity_coefficient))
         return cfg
 
+    @classmethod
+    def expected_tensors(cls, cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+        """{name: shape} of the tensors an SAE with this config saves, found without
+        allocating them (the SAE is built on the meta device)."""
+        with torch.device("meta"):
+            sae = cls(cfg)
+        return {name: tuple(t.shape) for name, t in sae.state_for_save().items()}
+
+    @classmethod
+    def from_tensors(cls, cfg: SAEConfig, tensors: dict[str, Tensor]) -> SparseAutoencoder:
+        """An SAE holding ``tensors`` (float32 copies), without initialising weights first."""
+        with torch.device("meta"):
+            sae = cls(cfg)
+        layout = sae.state_dict()
+        # Each tensor in the memory layout a new SAE gives it (W_enc is stored transposed),
+        # so that a loaded SAE computes bit for bit what the saved one did.
+        placed = {name: torch.empty_strided(layout[name].shape, layout[name].stride(),
+                                            dtype=torch.float32 if t.is_floating_point() else t.dtype).copy_(t)
+                  for name, t in tensors.items()}
+        sae.load_state_dict(placed, strict=False, assign=True)
+        sae.cfg = cfg
+        with torch.device("cpu"):
+            sae._register_training_state()
+        for name, tensor in sae.state_dict().items():
+            if tensor.is_meta:
+                raise ConfigError(f"no tensor {name!r} was given for a {cls.arch} SAE.")
+        return sae
+
     def extra_repr(self) -> str:
         return f"arch={self.arch}, d_in={self.d_in}, d_sae={self.d_sae}"
-

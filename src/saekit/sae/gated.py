@@ -25,7 +25,9 @@ from .sparse_decode import positive_entries, select_entries, sparse_decode
 
 class GatedSAE(SparseAutoencoder):
     arch = "gated"
+    summary = "1[π_gate > 0] ⊙ ReLU(π_mag), weights shared; λ ‖ReLU(π_gate) ⊙ ‖d_i‖‖₁ + auxiliary reconstruction"
     coefficient_name = "l1_coefficient"
+    options = ("decoder_norm",)
 
     @property
     def unit_norm_decoder(self) -> bool:  # type: ignore[override]

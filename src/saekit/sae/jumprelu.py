@@ -80,7 +80,10 @@ def jumprelu_with_l0(z: Tensor, threshold: Tensor, bandwidth: float,
 
 class JumpReluSAE(SparseAutoencoder):
     arch = "jumprelu"
+    summary = "z ⊙ 1[z > θ], θ learned by straight-through estimators; λ Σ 1[z_i > θ_i] (L0)"
     coefficient_name = "l0_coefficient"
+    threshold_kind = "per_feature"
+    options = ("jumprelu_bandwidth", "jumprelu_init_threshold")
 
     def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator=generator)

@@ -19,7 +19,9 @@ from .sparse_decode import positive_entries, select_entries
 
 class ReluSAE(SparseAutoencoder):
     arch = "relu"
+    summary = "ReLU((x − b_dec) W_enc + b_enc); λ Σ f_i with unit-norm decoder rows, or λ Σ f_i ‖d_i‖"
     coefficient_name = "l1_coefficient"
+    options = ("decoder_norm",)
 
     def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator=generator)

@@ -7,23 +7,20 @@ author.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .sae.persistence import load_sae
+from .._runtime.errors import UsageError
+from ..sae.persistence import load_sae
 
 
-def _sae_folder(path: str | Path) -> Path:
-    path = Path(path)
-    return path / "sae" if (path / "sae" / "cfg.json").is_file() else path
-
-
-def compare(a: str | Path, b: str | Path, *, threshold: float = 0.7, chunk: int = 4096) -> dict:
-    sae_a, sae_b = load_sae(_sae_folder(a)), load_sae(_sae_folder(b))
+def compare(a: str | Path, b: str | Path, *, threshold: float = 0.7, chunk: int = 4096,
+            labels: dict[int, list[str]] | None = None) -> dict:
+    """A's features matched against B's (SAE folders); ``labels``: words to show for A's features."""
+    sae_a, sae_b = load_sae(a), load_sae(b)
     if sae_a.d_in != sae_b.d_in:
-        raise ValueError(f"the SAEs read activations of different widths ({sae_a.d_in} and {sae_b.d_in}); "
+        raise UsageError(f"the SAEs read activations of different widths ({sae_a.d_in} and {sae_b.d_in}); "
                          "compare SAEs trained at the same hook point of the same model.")
     if sae_a.cfg.hook != sae_b.cfg.hook or sae_a.cfg.model != sae_b.cfg.model:
         print(f"warning: A reads {sae_a.cfg.model}:{sae_a.cfg.hook} and B reads {sae_b.cfg.model}:{sae_b.cfg.hook}; "
@@ -40,7 +37,6 @@ def compare(a: str | Path, b: str | Path, *, threshold: float = 0.7, chunk: int 
         best_cos, best_match = torch.cat(best), torch.cat(match)
     unmatched = torch.nonzero(best_cos < threshold).flatten()
     order = unmatched[best_cos[unmatched].argsort()]
-    labels = _top_tokens(a)
     return {
         "a": str(a), "b": str(b), "threshold": threshold,
         "d_sae_a": sae_a.d_sae, "d_sae_b": sae_b.d_sae,
@@ -49,15 +45,6 @@ def compare(a: str | Path, b: str | Path, *, threshold: float = 0.7, chunk: int 
         "unmatched": [{"feature": int(i), "best_cosine": float(best_cos[i]), "closest_in_b": int(best_match[i]),
                        **({"top_tokens": labels[int(i)]} if labels and int(i) in labels else {})} for i in order],
     }
-
-
-def _top_tokens(run: str | Path) -> dict[int, list[str]] | None:
-    """Feature labels (most frequent top-activating tokens) when A is a run with feature statistics."""
-    summary = Path(run) / "features" / "summary.json"
-    if not summary.is_file():
-        return None
-    data = json.loads(summary.read_text())
-    return {int(k): v for k, v in data.get("top_tokens", {}).items()}
 
 
 def print_comparison(result: dict, *, limit: int = 30) -> None:

@@ -9,101 +9,27 @@ atomic checkpoints with exact resume, and data parallelism under torch.distribut
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .allocator import keep_freed_memory
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data.source import as_source
-from .distributed import DistContext, DistributedError
-from .sae.base import SparseAutoencoder
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 2000
-    """Optimiser steps; each reads one global batch."""
-    batch_size: int = 4096
-    """Tokens per step, summed over all ranks."""
-    lr: float = 4e-4
-    """Peak Adam learning rate."""
-    lr_warmup_fraction: float = 0.02
-    """Fraction of the steps over which the learning rate rises linearly from 0."""
-    lr_decay: Literal["linear", "cosine", "none"] = "linear"
-    """Shape of the decay to 0 at the last step."""
-    lr_decay_start: float = 0.8
-    """Fraction of the steps after which the learning rate decays (Anthropic decays over the last 20%)."""
-    sparsity_warmup_fraction: float = 0.05
-    """Fraction of the steps over which the sparsity coefficient rises linearly from 0."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    """Adam's (β1, β2)."""
-    grad_clip: float | None = 1.0
-    """Clip the global gradient norm to this value; None turns clipping off."""
-    seed: int = 0
-    """Seeds the order in which the data is read."""
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
-    """"bfloat16" runs forward and backward under bf16 autocast (master weights stay float32);
-    "auto" chooses bf16 on CUDA and on CPUs with native bf16 support."""
-    device: str | None = None
-    """"cpu", "cuda", "cuda:1", ...; default: cuda if available (the local rank's GPU under torchrun)."""
-    normalization_tokens: int = 65_536
-    """Tokens sampled before training to estimate the activation scale and to initialise b_dec."""
-    l0_controller_gain: float = 0.02
-    """target_l0: the coefficient is multiplied by exp(gain · clamp(log((L0+1)/(target+1)), ±1)) every step."""
-    log_every: int = 50
-    """Steps between log lines (and progress-bar updates)."""
-    checkpoint_every: int | None = None
-    """Steps between checkpoints when ``out`` is given (default: every 10% of the run)."""
-    progress: bool = True
-    """Show a progress bar (rank 0 only)."""
-
-    def __post_init__(self) -> None:
-        self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]
-        checks = [
-            (isinstance(self.steps, int) and self.steps >= 1, "steps must be a positive integer"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be a positive integer"),
-            (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
-            (0 <= self.lr_warmup_fraction < 1, "lr_warmup_fraction must be in [0, 1)"),
-            (0 <= self.lr_decay_start <= 1, "lr_decay_start must be in [0, 1]"),
-            (self.lr_decay in ("linear", "cosine", "none"), "lr_decay must be 'linear', 'cosine' or 'none'"),
-            (0 <= self.sparsity_warmup_fraction < 1, "sparsity_warmup_fraction must be in [0, 1)"),
-            (len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), "adam_betas must be two numbers in [0, 1)"),
-            (self.grad_clip is None or self.grad_clip > 0, "grad_clip must be positive or None"),
-            (self.precision in ("auto", "float32", "bfloat16"), "precision must be 'auto', 'float32' or 'bfloat16'"),
-            (self.normalization_tokens >= 1, "normalization_tokens must be positive"),
-            (self.l0_controller_gain > 0, "l0_controller_gain must be positive"),
-            (self.log_every >= 1, "log_every must be a positive integer"),
-            (self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every must be positive"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"{message}.")
-
-    # ---- schedules (functions of the step alone, so resume is exact) ------------------------
-    def lr_at(self, step: int) -> float:
-        warmup = int(self.lr_warmup_fraction * self.steps)
-        if step < warmup:
-            return self.lr * (step + 1) / warmup
-        decay_start = int(self.lr_decay_start * self.steps)
-        if self.lr_decay == "none" or step < decay_start or decay_start >= self.steps:
-            return self.lr
-        progress = (step - decay_start) / (self.steps - decay_start)
-        if self.lr_decay == "linear":
-            return self.lr * (1 - progress)
-        return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-    def sparsity_scale_at(self, step: int) -> float:
-        warmup = int(self.sparsity_warmup_fraction * self.steps)
-        return 1.0 if step >= warmup else (step + 1) / warmup
+from .._runtime.allocator import keep_freed_memory
+from .._runtime.checksums import sha256_bytes
+from .._runtime.distributed import DistContext, DistributedError
+from .._runtime.errors import FolderError, NonFiniteError, UsageError
+from .._runtime.folder import OutputFolder
+from ..data.source import as_source, describe_nonfinite, fingerprint_of
+from ..sae.base import SparseAutoencoder
+from .checkpoint import LOG_FILE, load_checkpoint, read_log, save_checkpoint
+from .config import TrainConfig
 
 
 @dataclass
@@ -133,6 +59,25 @@ def default_device(ctx: DistContext) -> torch.device:
     return torch.device("cpu")
 
 
+def _device(name: str | None, ctx: DistContext) -> torch.device:
+    """The device to train on, checked to exist on this machine."""
+    if name is None:
+        return default_device(ctx)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {name!r}: this machine has no CUDA GPU that torch can use; train on cpu, "
+                             "or install a CUDA build of torch.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0.."
+                             f"cuda:{torch.cuda.device_count() - 1}.")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {name!r}: MPS is not available here; train on cpu.")
+    elif device.type not in ("cpu", "cuda", "mps") and not hasattr(torch, device.type):
+        raise UsageError(f"device {name!r} is not a device this torch build has.")
+    return device
+
+
 def train(
     sae: SparseAutoencoder,
     data,
@@ -149,7 +94,9 @@ def train(
     stream, or any iterable of [batch, d_in] tensors. options: fields of TrainConfig
     (steps, batch_size, lr, ...). With ``out``, checkpoints go to out/checkpoint and a
     JSONL log to out/train_log.jsonl; a run with a checkpoint there resumes from it
-    unless resume=False, which refuses to touch an existing run.
+    unless resume=False, which refuses to touch an existing run. ``out`` follows saekit's
+    folder contract (_runtime/folder.py): it is locked while training, and a run there
+    made with other settings, another SAE or other data is refused, never resumed.
 
     Under an initialised torch.distributed process group (``torchrun``) the run is
     data-parallel: every rank calls train() alike and reads its share of each global batch.
@@ -157,10 +104,13 @@ def train(
     ``loggers`` receive every log entry on rank 0 (TensorBoard, W&B: see saekit.loggers).
     """
     trainer = Trainer(sae, data, out=out, resume=resume, ctx=ctx, loggers=loggers, **options)
-    batches = trainer.batches()
-    while not trainer.done:
-        trainer.step(next(batches))
-    return trainer.finish()
+    try:
+        batches = trainer.batches()
+        while not trainer.done:
+            trainer.step(next(batches))
+        return trainer.finish()
+    finally:
+        trainer.close()
 
 
 class Trainer:
@@ -186,53 +136,77 @@ class Trainer:
         cfg = self.cfg = TrainConfig(**options)
         source = self.source = as_source(data)
         if source.d_in != sae.d_in:
-            raise ValueError(
+            raise UsageError(
                 f"the data has d_in={source.d_in} but the SAE was made for d_in={sae.d_in}; "
                 f"create the SAE with d_in={source.d_in} or train it on activations of width {sae.d_in}."
             )
         ctx = self.ctx = ctx if ctx is not None else DistContext.current()
-        device = self.device = torch.device(cfg.device) if cfg.device else default_device(ctx)
+        device = self.device = _device(cfg.device, ctx)
         self.use_bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and bf16_supported(device))
         if cfg.batch_size % ctx.world_size:
-            raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the world size {ctx.world_size}.")
+            raise UsageError(f"batch_size={cfg.batch_size} must be divisible by the world size {ctx.world_size}.")
 
         if device.type == "cpu":
             keep_freed_memory()  # a step's large temporaries reuse the last step's pages
         self.sae = sae
-        sae.to(device).train()
-        # fused: one kernel per parameter for the whole update (CPU and CUDA), not a dozen passes.
-        self.optimizer = torch.optim.Adam(sae.optimizer_groups(), lr=cfg.lr, betas=cfg.adam_betas,
-                                          fused=device.type in ("cpu", "cuda"))
+        self.folder: OutputFolder | None = None
         self.out = Path(out) if out is not None else None
         self.checkpoint_dir = self.out / "checkpoint" if self.out is not None else None
-        self.log_path = self.out / "train_log.jsonl" if self.out is not None else None
+        self.log_path = self.out / LOG_FILE if self.out is not None else None
+        self.identity_at_start = self.identity() if self.out is not None else None
         if self.out is not None and ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-
-        self.step_index, self.scale = self._start(resume)
+            self.folder = OutputFolder(self.out, kind="training", identity=self.identity_at_start,
+                                       owns=("checkpoint", LOG_FILE))
+            self.folder.open()
+            if self.folder.resumed and not resume and self.checkpoint_dir.exists():
+                self.folder.close()
+                raise FolderError(f"{self.out} already holds a training run; pass resume=True to continue it or "
+                                  "choose another folder.")
+            self.folder.output(LOG_FILE)
+        try:
+            sae.to(device).train()
+            # fused: one kernel per parameter for the whole update (CPU and CUDA), not a dozen passes.
+            self.optimizer = torch.optim.Adam(sae.optimizer_groups(), lr=cfg.lr, betas=cfg.adam_betas,
+                                              fused=device.type in ("cpu", "cuda"))
+            self.step_index, self.scale = self._start()
+        except BaseException:
+            self.close()
+            raise
         self.target_l0 = sae.cfg.target_l0 if sae.coefficient_name is not None else None
         self.checkpoint_every = cfg.checkpoint_every or max(1, cfg.steps // 10)
         self.per_rank = cfg.batch_size // ctx.world_size
         self.history: list[dict[str, float]] = []
         self.progress = _progress_bar(cfg, ctx, self.step_index)
         self.started = time.perf_counter()
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=device)  # deferred non-finite check (GPU)
+        self._last_checkpoint = self.step_index
 
-    def _start(self, resume: bool) -> tuple[int, float]:
+    def identity(self) -> dict[str, Any]:
+        """What this run's result depends on: the SAE's configuration and initial weights,
+        the trainer's settings and the data."""
+        sae_cfg = {k: v for k, v in self.sae.cfg.to_dict().items() if k not in ("provenance", "hook", "model")}
+        weights = b"".join(t.detach().float().cpu().contiguous().numpy().tobytes()
+                           for _, t in sorted(self.sae.state_for_save().items()))
+        return {"sae": sae_cfg, "initial_weights": sha256_bytes(weights), "train": self.cfg.identity(),
+                "data": fingerprint_of(self.source)}
+
+    def close(self) -> None:
+        """Release the output folder (finish does; call it after a failure)."""
+        if self.folder is not None:
+            self.folder.close()
+
+    def _start(self) -> tuple[int, float]:
         """(first step, activation scale): from the checkpoint in ``out`` if there is one,
         else after estimating the scale. Rank 0 alone reads the checkpoint and sends what
         it holds to the other ranks, which therefore need not see its disk."""
         ctx, sae = self.ctx, self.sae
         resumed, step, scale, error = False, 0, 1.0, None
-        if ctx.is_main and self.checkpoint_dir is not None and self.checkpoint_dir.exists():
+        if ctx.is_main and self.checkpoint_dir is not None:
             try:
-                if not resume:
-                    raise FileExistsError(
-                        f"{self.out} already holds a training run; pass resume=True to continue it or choose another folder."
-                    )
-                state = load_checkpoint(self.checkpoint_dir, sae, self.optimizer)
-                _check_resumable(state, self.cfg, self.checkpoint_dir)
-                resumed, step, scale = True, state["step"], state["activation_scale"]
-                _truncate_log(self.log_path, step)
+                state = load_checkpoint(self.checkpoint_dir, sae, self.optimizer, log=self.log_path)
+                if state is not None:
+                    resumed, step, scale = True, state["step"], state["activation_scale"]
+                    _truncate_log(self.log_path, step)
             except Exception as caught:  # re-raised below, once the other ranks know to stop
                 error = caught
         if ctx.enabled:
@@ -267,18 +241,21 @@ class Trainer:
         cfg, ctx, sae, optimizer, step = self.cfg, self.ctx, self.sae, self.optimizer, self.step_index
         x = x.to(self.device, non_blocking=True)
         if x.shape[0] != self.per_rank:
-            raise ValueError(f"the data source gave a batch of {x.shape[0]} rows where {self.per_rank} were asked for.")
+            raise UsageError(f"the data source gave a batch of {x.shape[0]} rows where {self.per_rank} were asked for.")
         x = x * self.scale
+        self._check_finite(torch.isfinite(x).all(), step, "batch")
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(step) * group.get("lr_scale", 1.0)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             output = sae.loss(x, sparsity_scale=cfg.sparsity_scale_at(step))
+        self._check_finite(torch.isfinite(output.loss.detach()), step, "loss", output)
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         ctx.average_gradients(sae.parameters())
         sae.before_optimizer_step()
         if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+            self._check_finite(torch.isfinite(norm), step, "gradient")
         optimizer.step()
         sae.after_optimizer_step()
 
@@ -293,6 +270,7 @@ class Trainer:
         self.step_index = step = step + 1
         last = step == cfg.steps
         if step % cfg.log_every == 0 or last:
+            self._raise_deferred()
             entry = _log_entry(step, sae, output, x, cfg, ctx)
             self.history.append(entry)
             if ctx.is_main and self.log_path is not None:
@@ -307,10 +285,57 @@ class Trainer:
         if self.progress is not None:
             self.progress.update(1)
         if self.checkpoint_dir is not None and (step % self.checkpoint_every == 0 or last):
+            self._raise_deferred()
+            self._check_parameters(step)
             if ctx.is_main:
                 state = {"step": step, "activation_scale": self.scale, "train_config": _jsonable_config(cfg)}
+                self.folder.output("checkpoint")
                 save_checkpoint(self.checkpoint_dir, sae, optimizer, state)
+                self.folder.finished("checkpoint")
+            self._last_checkpoint = step
             ctx.barrier()
+
+    # ---- non-finite values stop training at once, naming the culprit --------------------------
+    def _check_finite(self, ok: Tensor, step: int, what: str, output=None) -> None:
+        """Stop at step ``step`` if ``ok`` is false: at once on CPU; on a GPU the first bad
+        step is kept on the device and raised at the next log or checkpoint (no wait per step)."""
+        if ok.device.type != "cpu":
+            code = {"batch": 0, "loss": 1, "gradient": 2}[what]
+            self._first_bad = torch.where((self._first_bad < 0) & ~ok, step * 4 + code, self._first_bad)
+            return
+        if not bool(ok):
+            self._raise_nonfinite(step, what, output)
+
+    def _raise_deferred(self) -> None:
+        if self._first_bad.device.type == "cpu":
+            return
+        bad = int(self._first_bad)
+        if bad >= 0:
+            self._raise_nonfinite(bad // 4, ("batch", "loss", "gradient")[bad % 4], None)
+
+    def _raise_nonfinite(self, step: int, what: str, output) -> None:
+        kept = (f"the last checkpoint (step {self._last_checkpoint}) is intact"
+                if self.checkpoint_dir is not None and self._last_checkpoint else "nothing was saved")
+        if what == "batch":
+            where = describe_nonfinite(self.source)
+            raise NonFiniteError(f"step {step + 1}: the training batch holds NaN or infinite activations"
+                                 f"{' (' + where + ')' if where else ''}; {kept}. Harvest the data again or remove "
+                                 "those rows.")
+        parts = ""
+        if output is not None:
+            parts = " (" + ", ".join(f"{k}={float(v):.4g}" for k, v in output.parts.items()) + ")"
+        raise NonFiniteError(
+            f"step {step + 1}: the {what} became non-finite{parts} on a finite batch: training diverged; {kept}. "
+            f"Lower the learning rate (lr={self.cfg.lr:g}), keep gradient clipping on (grad_clip), or train in "
+            "float32 (precision=float32)."
+        )
+
+    def _check_parameters(self, step: int) -> None:
+        for name, tensor in self.sae.named_parameters():
+            if not bool(torch.isfinite(tensor).all()):
+                raise NonFiniteError(f"step {step}: parameter {name} holds NaN or infinite values; nothing was saved "
+                                     f"at this step (the last checkpoint, step {self._last_checkpoint}, is intact). "
+                                     f"Lower the learning rate (lr={self.cfg.lr:g}).")
 
     def finish(self) -> TrainResult:
         """After the last step: fold the activation scale into the weights, record provenance."""
@@ -320,12 +345,17 @@ class Trainer:
         if self.progress is not None:
             self.progress.close()
         seconds = time.perf_counter() - self.started
+        self._raise_deferred()
+        self._check_parameters(self.step_index)
         sae.fold_activation_scale(self.scale)
         sae.cfg.provenance.update(
             steps=cfg.steps, tokens=cfg.steps * cfg.batch_size, seed=cfg.seed, lr=cfg.lr, world_size=self.ctx.world_size,
             precision="bfloat16" if self.use_bf16 else "float32",
         )
         sae.eval()
+        if self.folder is not None and self.log_path.exists():
+            self.folder.finished(LOG_FILE)
+        self.close()
         return TrainResult(sae, cfg.steps, cfg.steps * cfg.batch_size, self.scale, seconds, self.history)
 
 
@@ -338,12 +368,16 @@ def _prepare(sae: SparseAutoencoder, source, cfg: TrainConfig, ctx: DistContext,
         sae.cfg.activation_scale = 1.0
         return previous
     sample = _sample(source, cfg, ctx).to(device)
+    if not bool(torch.isfinite(sample).all()):
+        where = describe_nonfinite(source)
+        raise NonFiniteError(f"the activations hold NaN or infinite values{' (' + where + ')' if where else ''}; "
+                             "nothing was trained. Harvest the data again or remove those rows.")
     if sae.cfg.normalize_activations == "expected_norm":
         norms = torch.stack([sample.norm(dim=-1).sum(), torch.tensor(float(sample.shape[0]), device=device)])
         ctx.sum_(norms)
         mean_norm = float(norms[0] / norms[1])
         if not math.isfinite(mean_norm) or mean_norm == 0:
-            raise ValueError(f"the activations' mean norm is {mean_norm}; they cannot be normalised (all zero or not finite?).")
+            raise UsageError(f"the activations' mean norm is {mean_norm}; they cannot be normalised (are they all zero?).")
         scale = math.sqrt(sae.d_in) / mean_norm
     else:
         scale = 1.0
@@ -399,24 +433,14 @@ def _progress_bar(cfg: TrainConfig, ctx: DistContext, start: int):
 
 
 def _jsonable_config(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
-
-
-def _check_resumable(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    saved = state.get("train_config", {})
-    for name in ("batch_size", "seed", "steps"):
-        if saved.get(name) != getattr(cfg, name):
-            raise ValueError(
-                f"the checkpoint at {path} was made with {name}={saved.get(name)!r} but this run asks for "
-                f"{name}={getattr(cfg, name)!r}; resume with the same {name}, or start a new run in another folder."
-            )
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items()}
 
 
 def _truncate_log(log_path: Path | None, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from (they will be written again)."""
     if log_path is None or not log_path.exists():
         return
-    kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    from .atomic import atomic_write_text
+    from .._runtime.atomic import atomic_write_text
 
+    kept = [line for line, entry in zip(*read_log(log_path)) if entry["step"] <= step]
     atomic_write_text(log_path, "".join(line + "\n" for line in kept))

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .corpus import TokenizedCorpus
-from .source import rank_slice
+from .._runtime.errors import UsageError
+
 
 DEFAULT_CHUNK_BYTES = 2 << 20
 """Target size of one chunk of a store, in stored bytes."""
@@ -41,6 +41,15 @@ def derive_seed(*parts: int) -> int:
 
 def _generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+def rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
+    if batch_size % world_size:
+        raise UsageError(
+            f"batch_size={batch_size} is not divisible by the {world_size} ranks; choose a multiple of {world_size}."
+        )
+    per_rank = batch_size // world_size
+    return slice(rank * per_rank, (rank + 1) * per_rank)
 
 
 def shuffled_batches(
@@ -65,9 +74,9 @@ def shuffled_batches(
     n_rows = sum(chunk_rows)
     per_epoch = n_rows // batch_size
     if per_epoch == 0:
-        raise ValueError(f"batch_size={batch_size} is larger than the {n_rows} rows available; lower it or add data.")
+        raise UsageError(f"batch_size={batch_size} is larger than the {n_rows} rows available; lower it or add data.")
     if window_chunks < 1:
-        raise ValueError(f"window_chunks must be >= 1, got {window_chunks}.")
+        raise UsageError(f"window_chunks must be >= 1, got {window_chunks}.")
     sizes = torch.as_tensor(list(chunk_rows), dtype=torch.int64)
     epoch, within = divmod(start, per_epoch)
     while True:
@@ -107,84 +116,3 @@ def chunk_boundaries(lengths: Sequence[int], chunk_rows: int) -> list[tuple[int,
         for begin in range(0, length, chunk_rows):
             chunks.append((run, begin, min(begin + chunk_rows, length)))
     return chunks
-
-
-def _process_group_enabled() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-class LiveActivations:
-    """A batch source that runs the model on the fly: no store on disk.
-
-    Chunks are groups of ``contexts_per_chunk`` consecutive contexts of ``corpus``; their
-    activations at ``hook`` (train-mask rows only) are computed when a window needs them,
-    so the same (seed, batch index) gives the same batch as it would from a store
-    harvested with the same chunking. Under torch.distributed (world_size > 1) each rank
-    runs the model on every W-th chunk of a window and the ranks exchange the activations.
-    """
-
-    def __init__(
-        self,
-        loaded_model,
-        corpus: TokenizedCorpus,
-        hook: str,
-        *,
-        contexts_per_chunk: int = 8,
-        window_chunks: int = DEFAULT_WINDOW_CHUNKS,
-    ) -> None:
-        from .model import resolve_hook
-
-        self.loaded = loaded_model
-        self.corpus = corpus
-        self.hook = str(resolve_hook(loaded_model, hook))
-        self.d_in = loaded_model.d_model
-        self.contexts_per_chunk = contexts_per_chunk
-        self.window_chunks = window_chunks
-        per_context = corpus.train_mask.sum(dim=1)
-        self._chunks = [(c, min(c + contexts_per_chunk, len(corpus))) for c in range(0, len(corpus), contexts_per_chunk)]
-        self._chunk_rows = [int(per_context[a:b].sum()) for a, b in self._chunks]
-        self.n_tokens = sum(self._chunk_rows)
-        if self.n_tokens == 0:
-            raise ValueError("the corpus has no tokens in its train mask; nothing to train on.")
-
-    def __len__(self) -> int:
-        return self.n_tokens
-
-    def _read(self, chunk: int) -> Tensor:
-        """[rows, d_in] activations of one chunk's train-mask tokens, in the model's dtype."""
-        from .model import capture
-
-        begin, end = self._chunks[chunk]
-        mask = self.corpus.train_mask[begin:end]
-        acts = capture(self.loaded, self.corpus.tokens[begin:end], [self.hook])[self.hook]
-        return acts[mask.to(acts.device)]
-
-    def batches(self, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Tensor]:
-        # Under a process group the ranks split each window's model work and exchange the
-        # activations; without one (ranks simulated in one process) every rank computes
-        # the whole window itself. The batches are the same either way.
-        read_window = None
-        if world_size > 1 and _process_group_enabled():
-            from ..distributed import DistContext
-
-            ctx = DistContext.current()
-            if (ctx.rank, ctx.world_size) != (rank, world_size):
-                raise ValueError(f"rank {rank} of {world_size} asked for, but the process group is rank {ctx.rank} of {ctx.world_size}.")
-
-            def read_window(chunks: list[int]) -> Tensor:
-                rows = [self._chunk_rows[c] for c in chunks]
-                return torch.cat(ctx.share_work(self._read, chunks, rows, width=self.d_in, dtype=self.loaded.dtype,
-                                                device=self.loaded.device))
-
-        return shuffled_batches(
-            self._read, self._chunk_rows, batch_size, seed=seed, start=start, rank=rank, world_size=world_size,
-            window_chunks=self.window_chunks, read_window=read_window,
-        )
-
-    def iterate_once(self, batch_size: int) -> Iterator[Tensor]:
-        """Every train-mask row once, in corpus order: float32 [≤ batch_size, d_in]."""
-        for chunk in range(len(self._chunks)):
-            rows = self._read(chunk).float()
-            yield from rows.split(batch_size)

@@ -203,6 +203,14 @@ class DistContext:
                 "Every rank must run the same command with the same data and options."
             )
 
+    def broadcast_flag(self, value: bool, src: int = 0) -> bool:
+        """Rank ``src``'s ``value`` on every rank (itself outside a process group)."""
+        if not self.enabled:
+            return bool(value)
+        flag = torch.tensor([int(bool(value))], dtype=torch.int64, device=collective_device())
+        self.broadcast_(flag, src)
+        return bool(flag.item())
+
     def raise_together(self, error: BaseException | None, what: str) -> None:
         """A barrier that carries failure: if any rank failed (``error`` is not None there),
         every rank raises — the failed one its own error — instead of the others waiting

@@ -1,20 +1,37 @@
 """The configuration of a run (``saekit run CONFIG``): one dataclass per stage, composed
-into :class:`RunConfig`, read from TOML or YAML and validated before any work starts.
-
-Every field has its default here and its documentation right below it; ``saekit run
---help`` and ``saekit config --show-defaults`` print both.
+into :class:`RunConfig`, read from TOML, YAML or JSON and validated before any work
+starts. Every field is parsed to its declared type (_runtime/parsing.py); its default
+is here and its documentation right below it, which ``saekit run --help`` and
+``saekit config --defaults`` print.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from .dataclass_io import ConfigValueError, field_docs, from_dict
-from .sae.config import ARCHITECTURES, ConfigError, SAEConfig
-from .train import TrainConfig
+from .._runtime.errors import ConfigValueError
+from .._runtime.parsing import (
+    DeviceOrAuto,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenFraction,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    field_docs,
+    from_dict,
+    validate_fields,
+)
+from ..sae import registry
+from ..sae.config import ConfigError, SAEConfig
+from ..training.config import TrainConfig
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A run config is a few kilobytes; a larger file is not one."""
 
 
 @dataclass
@@ -27,8 +44,17 @@ class ModelSection:
     mlp_out, or final_norm."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """dtype the model runs in; auto: bfloat16 on GPUs and on CPUs with native bf16."""
-    device: str = "auto"
+    device: DeviceOrAuto = "auto"
     """"cpu", "cuda", "cuda:1", or auto (cuda when available)."""
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        from ..data.model import parse_hook
+
+        try:
+            parse_hook(self.hook)
+        except ValueError as error:
+            raise ConfigValueError(f"hook: {error}", field="hook", value=self.hook) from None
 
 
 @dataclass
@@ -38,116 +64,128 @@ class CorpusSection:
     folder; "default" is the embedded corpus (Shakespeare's plays)."""
     text_field: str | None = None
     """The field holding the text in JSON Lines / Parquet / datasets input, where it is ambiguous."""
-    context_size: int = 128
+    context_size: Annotated[int, Range(ge=2)] = 128
     """Tokens per context (BOS included)."""
     pack: bool = True
     """Pack documents into contexts back to back (false: one document per context, truncated)."""
     exclude_special_tokens: bool = True
     """Leave BOS/EOS/separators out of the activations used for training and statistics."""
-    held_out_fraction: float = 0.05
+    held_out_fraction: OpenFraction = 0.05
     """Fraction of contexts held out for evaluation (never trained on)."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Seed of the train / held-out split."""
 
     def __post_init__(self) -> None:
-        if self.context_size < 2:
-            raise ValueError(f"context_size must be at least 2, got {self.context_size}.")
-        if not 0 < self.held_out_fraction < 1:
-            raise ValueError(f"held_out_fraction must be in (0, 1), got {self.held_out_fraction}.")
+        validate_fields(self)
         if self.path != "default" and not Path(self.path).expanduser().exists():
-            raise ValueError(f"path: the corpus {self.path!r} does not exist; give an existing file or folder, or \"default\".")
+            raise ConfigValueError(f"path: the corpus {self.path!r} does not exist; give an existing file or folder, "
+                                   "or \"default\".", field="path", value=self.path)
 
 
 @dataclass
 class HarvestSection:
-    tokens: int = 400_000
+    tokens: PositiveInt = 400_000
     """Training tokens of activations to harvest into the store."""
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """dtype of the stored activations (bf16: 2 bytes per value)."""
-    batch_contexts: int = 8
+    batch_contexts: PositiveInt = 8
     """Contexts per forward pass."""
-    shard_tokens: int = 65_536
+    shard_tokens: PositiveInt = 65_536
     """Rows per store shard."""
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "batch_contexts", "shard_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        validate_fields(self)
 
 
 @dataclass
 class SAESection:
     arch: str = "topk"
-    """Architecture: relu, gated, jumprelu, topk or batchtopk."""
-    expansion: int = 8
+    """Architecture: relu, gated, jumprelu, topk or batchtopk (saekit.ARCHITECTURES)."""
+    expansion: PositiveInt = 8
     """d_sae = expansion × d_in, unless d_sae is given."""
-    d_sae: int | None = None
+    d_sae: PositiveInt | None = None
     """Number of features; overrides expansion."""
-    k: int | None = 32
+    k: PositiveInt | None = 32
     """topk / batchtopk: active features per token. relu / gated / jumprelu given neither
     target_l0 nor a coefficient train to L0 = k, so one knob sets every architecture's sparsity."""
-    target_l0: float | None = None
+    target_l0: PositiveFloat | None = None
     """relu / gated / jumprelu: train until this many features are active per token."""
-    l1_coefficient: float | None = None
+    l1_coefficient: NonNegativeFloat | None = None
     """relu / gated: L1 coefficient (instead of target_l0)."""
-    l0_coefficient: float | None = None
+    l0_coefficient: NonNegativeFloat | None = None
     """jumprelu: L0 coefficient (instead of target_l0)."""
     fit_scale: bool = False
     """Fit the per-feature scale vector s after training (the feature-suppression fix)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Further SAE options (fields of saekit.SAEConfig: decoder_norm, reconstruction_loss,
-    normalize_activations, aux_k, jumprelu_bandwidth, ...)."""
+    normalize_activations, aux_k, jumprelu_bandwidth, ...); on the command line
+    key=value,key=value."""
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}.")
-        if self.expansion < 1:
-            raise ValueError(f"expansion must be a positive integer, got {self.expansion}.")
+        validate_fields(self)
+        registry.architecture(self.arch)  # a known name, or an error listing them
+        known = {f.name for f in dataclasses.fields(SAEConfig)} - {"arch", "d_in", "d_sae"}
+        reserved = {"k", "target_l0", "l1_coefficient", "l0_coefficient"}
+        unknown = sorted(set(self.options) - known)
+        if unknown:
+            raise ConfigValueError(f"options: unknown SAE option(s) {unknown}; the options are {sorted(known - reserved)}.",
+                                   field="options", value=self.options)
+        if set(self.options) & reserved:
+            raise ConfigValueError(f"options: set {sorted(set(self.options) & reserved)} as fields of their own "
+                                   "([sae] k = ..., --sae.k ...), not in options.", field="options", value=self.options)
 
     def width(self, d_in: int) -> int:
         return self.d_sae if self.d_sae is not None else self.expansion * d_in
 
     def sae_options(self) -> dict[str, Any]:
-        """Keyword arguments of saekit.create for this section (fields that do not apply to
-        the architecture are left out, so one config can be swept across architectures)."""
+        """Keyword arguments of saekit.create for this section. Fields that do not apply
+        to the architecture are left out, so that one config can be swept across
+        architectures; a penalised architecture given neither a coefficient nor target_l0
+        trains to L0 = k."""
         options: dict[str, Any] = dict(self.options)
-        if self.arch in ("topk", "batchtopk"):
+        if registry.uses_k(self.arch):
             options["k"] = self.k
-        else:
-            coefficient = "l0_coefficient" if self.arch == "jumprelu" else "l1_coefficient"
-            value = getattr(self, coefficient)
-            if value is not None:
-                options[coefficient] = value
-            if self.target_l0 is not None:
-                options["target_l0"] = self.target_l0
-            elif value is None:
-                options["target_l0"] = float(self.k or 32)  # one sparsity knob for every architecture
+            return options
+        coefficient = registry.sparsity_field(self.arch)
+        value = getattr(self, coefficient)
+        if value is not None:
+            options[coefficient] = value
+        if self.target_l0 is not None:
+            options["target_l0"] = self.target_l0
+        elif value is None:
+            options["target_l0"] = float(self.k or 32)  # one sparsity knob for every architecture
         return options
 
     def check(self, d_in: int) -> SAEConfig:
-        """Validate against the model's width before any work starts."""
-        try:
-            return SAEConfig(arch=self.arch, d_in=d_in, d_sae=self.width(d_in), **self.sae_options())
-        except TypeError as error:
-            raise ConfigError(f"sae.options: {error}") from None
+        """The SAE's config for a model of width ``d_in``, validated before any work starts."""
+        cfg = SAEConfig.from_dict({"arch": self.arch, "d_in": d_in, "d_sae": self.width(d_in), **self.sae_options()},
+                                  source="sae")
+        registry.check(cfg)
+        return cfg
 
 
 @dataclass
 class EvaluateSection:
-    tokens: int = 16_384
+    tokens: PositiveInt = 16_384
     """Held-out tokens for evaluation (cross-entropy with the SAE spliced in, activation metrics)."""
-    batch_contexts: int = 8
+    batch_contexts: PositiveInt = 8
     """Contexts per forward pass."""
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
 
 @dataclass
 class InterpretSection:
-    tokens: int = 200_000
+    tokens: PositiveInt = 200_000
     """Tokens scanned for each feature's top-activating contexts."""
-    n_top: int = 20
+    n_top: PositiveInt = 20
     """Top-activating contexts kept per feature."""
-    n_features: int | None = None
+    n_features: PositiveInt | None = None
     """Features shown in the dashboard (default: all)."""
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
 
 @dataclass
@@ -158,6 +196,9 @@ class LoggingSection:
     """Also log to Weights & Biases (needs wandb; set WANDB_MODE=offline to log without network)."""
     wandb_project: str = "saekit"
     """W&B project name."""
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
 
 @dataclass
@@ -171,27 +212,36 @@ class RunConfig:
     sae: SAESection = field(default_factory=SAESection)
     """The sparse autoencoder."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    """The trainer (fields of saekit.train.TrainConfig)."""
+    """The trainer (fields of saekit.training.TrainConfig)."""
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     """Evaluation on held-out text."""
     interpret: InterpretSection = field(default_factory=InterpretSection)
     """Feature statistics and the dashboard."""
     logging: LoggingSection = field(default_factory=LoggingSection)
-    """Where training metrics go besides RUN/train_log.jsonl."""
+    """Where training metrics go besides RUN/train/train_log.jsonl."""
 
     # ---- reading ------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> RunConfig:
         return from_dict(cls, data, where=where)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "RunConfig":
+    def from_file(cls, path: str | Path) -> RunConfig:
         return cls.from_dict(read_config_file(path), where=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
+    def identity(self) -> dict[str, Any]:
+        """The fields that change what a run makes (not how it shows progress, where it
+        logs, or on which device it runs)."""
+        data = self.to_dict()
+        data.pop("logging")
+        data["model"].pop("device")
+        data["train"] = self.train.identity()
+        return data
+
+    def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """overrides: {"train.steps": 100, ...} -> a new, validated config."""
         data = self.to_dict()
         for dotted, value in overrides.items():
@@ -199,44 +249,60 @@ class RunConfig:
             if section not in data or not name:
                 raise ConfigValueError(f"--{dotted}: no such config field; the sections are {sorted(data)}.")
             data[section][name] = value
-        return RunConfig.from_dict(data, where="config with command-line overrides")
+        return RunConfig.from_dict(data, where="the config with command-line overrides")
 
-
-SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    def check(self, d_in: int) -> SAEConfig:
+        """Everything that can be checked against the model's width before work starts."""
+        try:
+            return self.sae.check(d_in)
+        except ConfigError as error:
+            message = str(error).removeprefix("sae: ")
+            raise ConfigValueError(f"[sae] {message}", field=f"sae.{error.field}" if error.field else None,
+                                   value=error.value) from None
 
 
 def section_classes() -> dict[str, type]:
-    import typing
-
     hints = typing.get_type_hints(RunConfig)
-    return {name: hints[name] for name in SECTIONS}
+    return {f.name: hints[f.name] for f in dataclasses.fields(RunConfig)}
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigValueError(f"{path}: no such config file.")
-    text = path.read_text(encoding="utf-8")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigValueError(f"{path} is {path.stat().st_size:,} bytes; a run config is a few kilobytes.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigValueError(f"{path} is not UTF-8 text; a config is a TOML, YAML or JSON file.") from None
     if path.suffix == ".toml":
         try:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
             import tomli as tomllib  # type: ignore[no-redef]
         try:
-            return tomllib.loads(text)
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
             raise ConfigValueError(f"{path}: not valid TOML: {error}") from None
-    if path.suffix in (".yaml", ".yml"):
+    elif path.suffix in (".yaml", ".yml"):
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as error:
-            raise ConfigValueError(f"{path}: not valid YAML: {error}") from None
-        return data or {}
-    if path.suffix == ".json":
-        return json.loads(text)
-    raise ConfigValueError(f"{path}: a config is a .toml, .yaml/.yml or .json file.")
+            raise ConfigValueError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigValueError(f"{path}: not valid JSON: {error}") from None
+    else:
+        raise ConfigValueError(f"{path}: a config is a .toml, .yaml/.yml or .json file.")
+    if not isinstance(data, dict):
+        raise ConfigValueError(f"{path}: a config is a table of sections ([model], [train], ...), not a "
+                               f"{type(data).__name__}.")
+    return data
 
 
 def describe_config() -> str:

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from .data.source import iterate_once
-from .sae.base import SparseAutoencoder
+from ..data.source import iterate_once
+from ..sae.base import SparseAutoencoder
 
 
 @torch.no_grad()

@@ -28,10 +28,13 @@ from typing import Any
 
 from torch import Tensor
 
-from .data.buffer import DEFAULT_WINDOW_CHUNKS, LiveActivations
-from .distributed import DistContext
-from .sae.base import SparseAutoencoder
-from .train import TrainConfig, Trainer, TrainResult
+from .._runtime.distributed import DistContext
+from .._runtime.errors import UsageError
+from ..data.live import LiveActivations
+from ..data.shuffle import DEFAULT_WINDOW_CHUNKS
+from ..sae.base import SparseAutoencoder
+from .config import TrainConfig
+from .trainer import Trainer, TrainResult
 
 
 @dataclass
@@ -55,13 +58,13 @@ def grid(arch: str, *, d_in: int, seed: int = 0, **axes: Any) -> list[Run]:
     rest to ``create`` (d_sae, k, target_l0, ...). ``grid("topk", d_in=768,
     d_sae=[8192, 32768], k=[32, 64])`` gives 4 runs named "topk-d_sae_8192-k_32", ...
     """
-    from .sae import create
+    from ..sae.registry import create
 
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     swept = {name: list(values) for name, values in axes.items() if isinstance(values, (list, tuple))}
     fixed = {name: value for name, value in axes.items() if name not in swept}
     if any(len(values) == 0 for values in swept.values()):
-        raise ValueError(f"a swept argument has no values: {swept}.")
+        raise UsageError(f"a swept argument has no values: {swept}.")
     runs = []
     for combination in itertools.product(*swept.values()):
         chosen = {**fixed, **dict(zip(swept, combination))}
@@ -69,7 +72,7 @@ def grid(arch: str, *, d_in: int, seed: int = 0, **axes: Any) -> list[Run]:
                                  for key, value in zip(swept, combination))])
         sae_options = {k: v for k, v in chosen.items() if k not in train_fields}
         if "d_sae" not in sae_options:
-            raise ValueError("grid needs d_sae (a number, or a list of them to sweep).")
+            raise UsageError("grid needs d_sae (a number, or a list of them to sweep).")
         runs.append(Run(name, create(arch, d_in=d_in, seed=seed, **sae_options),
                         options={k: v for k, v in chosen.items() if k in train_fields}))
     return runs
@@ -98,45 +101,62 @@ def multi_train(
     """
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
-        raise ValueError(f"run names must be unique, got {names}.")
+        raise UsageError(f"run names must be unique, got {names}.")
     if any(not name or "/" in name or name.startswith(".") for name in names):
-        raise ValueError(f"run names become folder names: no '/', no leading '.', not empty; got {names}.")
+        raise UsageError(f"run names become folder names: no '/', no leading '.', not empty; got {names}.")
     if any(run.data is None for run in runs) and data is None:
-        raise ValueError("a run has no data: give multi_train's data, or each Run's data.")
+        raise UsageError("a run has no data: give multi_train's data, or each Run's data.")
     ctx = DistContext.current()
     ctx.agree(len(runs), "the number of SAEs to train")
     out = Path(out) if out is not None else None
     mine = [run for index, run in enumerate(runs) if assigned_rank(index, ctx.world_size) == ctx.rank]
 
     show_progress = options.get("progress", True) and ctx.is_main
-    trainers = [
-        Trainer(run.sae, run.data if run.data is not None else data, out=out / run.name if out is not None else None,
-                resume=resume, ctx=DistContext(), **{**options, **run.options, "progress": False})
-        for run in mine
-    ]
+    trainers: list[Trainer] = []
+    try:
+        for run in mine:
+            trainers.append(Trainer(run.sae, run.data if run.data is not None else data,
+                                    out=out / run.name if out is not None else None, resume=resume, ctx=DistContext(),
+                                    **{**options, **run.options, "progress": False}))
+    except BaseException:
+        for trainer in trainers:
+            trainer.close()
+        raise
     bar = None
     if show_progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=sum(t.cfg.steps for t in trainers), initial=sum(t.step_index for t in trainers),
                    desc=f"train {len(trainers)} of {len(runs)} SAEs", unit="step", dynamic_ncols=True)
-    streams = [trainer.batches() for trainer in trainers]
-    while not all(trainer.done for trainer in trainers):
-        for trainer, stream in zip(trainers, streams):
-            if not trainer.done:
-                trainer.step(next(stream))
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
-
     results = {}
-    for run, trainer in zip(mine, trainers):
-        results[run.name] = result = trainer.finish()
-        if out is not None:
-            result.sae.save(out / run.name / "sae", overwrite=True)
+    try:
+        streams = [trainer.batches() for trainer in trainers]
+        while not all(trainer.done for trainer in trainers):
+            for trainer, stream in zip(trainers, streams):
+                if not trainer.done:
+                    trainer.step(next(stream))
+                    if bar is not None:
+                        bar.update(1)
+        if bar is not None:
+            bar.close()
+        for run, trainer in zip(mine, trainers):
+            results[run.name] = result = trainer.finish()
+            if out is not None:
+                _save_into(trainer, result.sae)
+    finally:
+        for trainer in trainers:
+            trainer.close()
     ctx.barrier()  # every SAE is on disk before any rank moves on
     return results
+
+
+def _save_into(trainer: Trainer, sae: SparseAutoencoder) -> None:
+    """Save a finished run's SAE as sae/ in its folder, recorded there as saekit's."""
+    from .._runtime.folder import OutputFolder
+
+    with OutputFolder(trainer.out, kind="training", identity=trainer.identity_at_start, owns=("sae",)) as folder:
+        sae.save(folder.output("sae"), overwrite=folder.has("sae"))
+        folder.finished("sae")
 
 
 class SharedModelPass:
@@ -152,12 +172,12 @@ class SharedModelPass:
 
     def __init__(self, loaded, corpus, hooks: Sequence[str], *, contexts_per_chunk: int = 8,
                  window_chunks: int | None = None) -> None:
-        from .data.model import resolve_hook
+        from ..data.model import resolve_hook
 
         self.loaded, self.corpus = loaded, corpus
         self.hooks = [str(resolve_hook(loaded, hook)) for hook in hooks]
         if not self.hooks or len(set(self.hooks)) != len(self.hooks):
-            raise ValueError(f"SharedModelPass needs distinct hook points, got {list(hooks)}.")
+            raise UsageError(f"SharedModelPass needs distinct hook points, got {list(hooks)}.")
         self.contexts_per_chunk = contexts_per_chunk
         self.window_chunks = window_chunks or DEFAULT_WINDOW_CHUNKS
         self.forward_passes = 0
@@ -167,11 +187,11 @@ class SharedModelPass:
 
     def source(self, hook: str):
         """A batch source for ``hook`` (one of ``hooks``); make one per SAE that reads it."""
-        from .data.model import resolve_hook
+        from ..data.model import resolve_hook
 
         name = str(resolve_hook(self.loaded, hook))
         if name not in self._readers:
-            raise ValueError(f"{hook} is not one of this SharedModelPass's hook points {self.hooks}.")
+            raise UsageError(f"{hook} is not one of this SharedModelPass's hook points {self.hooks}.")
         self._readers[name] += 1
         return _SharedHook(self, name)
 
@@ -179,7 +199,7 @@ class SharedModelPass:
         """Train-mask activations [rows, d_model] of contexts bounds[0]:bounds[1] (chunk ``chunk``) at ``hook``."""
         entry = self._kept.get(chunk)
         if entry is None or hook not in entry:
-            from .data.model import capture
+            from ..data.model import capture
 
             begin, end = bounds
             acts = capture(self.loaded, self.corpus.tokens[begin:end], self.hooks)

@@ -5,21 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .dataclass_io import ConfigValueError
+from .._runtime.errors import ConfigValueError
+from .model import model_path
 
 _EMBEDDED = {"default", "smollm2", "gemma3-270m"}
-
-
-def model_path(spec: str) -> Path | None:
-    """The local file or folder a model spec names; None for a Hub id."""
-    from .data import model
-
-    if spec in ("default", "smollm2"):
-        return model.default_model_path()
-    if spec == "gemma3-270m":
-        return model.gemma3_270m_path()
-    path = Path(spec).expanduser()
-    return path if path.exists() else None
 
 
 def model_width(spec: str) -> int:

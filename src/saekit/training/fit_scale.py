@@ -15,8 +15,9 @@ import math
 
 import torch
 
-from .data.source import as_source
-from .sae.base import SparseAutoencoder
+from .._runtime.errors import UsageError
+from ..data.source import as_source
+from ..sae.base import SparseAutoencoder
 
 
 def fit_scale(
@@ -32,7 +33,7 @@ def fit_scale(
     """Add (or refit) the feature scale vector s of ``sae`` in place and return it."""
     source = as_source(data)
     if source.d_in != sae.d_in:
-        raise ValueError(f"the data has d_in={source.d_in} but the SAE reads d_in={sae.d_in}.")
+        raise UsageError(f"the data has d_in={source.d_in} but the SAE reads d_in={sae.d_in}.")
     device = torch.device(device) if device else sae.W_dec.device
     sae.add_feature_scale()
     with torch.no_grad():

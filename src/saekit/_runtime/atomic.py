@@ -54,6 +54,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def recover_swapped(path: str | os.PathLike) -> bool:
+    """Whether folder ``path`` exists, after repairing an interrupted ``atomic_path`` swap.
+
+    The swap renames the old folder to .NAME.old-PID-XXXXXXXX, the new one into place,
+    then deletes the old one. A crash between the two renames leaves no folder at
+    ``path`` and the old one beside it: it is renamed back (the last good copy is used,
+    never lost). A crash after them leaves an old copy that is no longer needed: it is
+    removed."""
+    path = Path(path)
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not path.exists() and olds:
+        os.replace(olds.pop(0), path)
+        _fsync_dir(path.parent)
+    for old in olds if path.exists() else []:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    return path.exists()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .atomic import atomic_write_json
-from .data.corpus import TokenizedCorpus
-from .data.model import LoadedModel, capture, resolve_hook, splice
-from .evaluate import evaluate
-from .sae.base import SparseAutoencoder
+from .._runtime.atomic import atomic_write_json
+from ..data.corpus import TokenizedCorpus
+from ..data.model import LoadedModel, capture, resolve_hook, splice
+from .metrics import evaluate
+from ..sae.base import SparseAutoencoder
 
 DEFAULT_BATCH_CONTEXTS = 8
 

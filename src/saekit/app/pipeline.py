@@ -1,0 +1,252 @@
+"""The main job, end to end, in one run folder:
+
+    RUN/saekit.json        what made the run: its resolved config and the fingerprints of
+                           its corpus and model, and every file saekit wrote here
+    RUN/config.json        the configuration as resolved (defaults and overrides applied)
+    RUN/store/             activations at the hook point (data/harvest.py)
+    RUN/train/             checkpoint and train_log.jsonl while training
+    RUN/sae/               the trained SAE (cfg.json + sae_weights.safetensors)
+    RUN/metrics.json       evaluation on held-out text, the SAE spliced into the model
+    RUN/features/          per-feature statistics (top contexts, logit effects)
+    RUN/report/index.html  the dashboard
+
+The folder follows saekit's folder contract (_runtime/folder.py): locked while a run
+writes it, refused (with the differences) when it holds a run with other settings, and
+``--overwrite`` deletes only what saekit wrote there. Each stage writes its output
+atomically and is skipped when that output is already there, so a run interrupted
+anywhere (Ctrl-C or kill -9) continues where it stopped when the same command is run
+again; harvest and training also resume mid-stage.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+from .._runtime.atomic import atomic_write_json
+from .._runtime.errors import ConfigValueError, FolderError
+from .._runtime.folder import OutputFolder
+from .config import RunConfig
+
+STAGES = ("harvest", "train", "evaluate", "interpret", "report")
+OUTPUTS = {"harvest": "store", "train": "sae", "evaluate": "metrics.json", "interpret": "features", "report": "report"}
+KIND = "run"
+
+
+def say(message: str) -> None:
+    print(f"[saekit] {message}", flush=True)
+
+
+@dataclass
+class Run:
+    """A run folder and its configuration, with the model and tokens loaded on first use."""
+
+    folder: Path
+    config: RunConfig
+    output_folder: OutputFolder | None = None
+    """The open folder contract, while a command writes the run."""
+    verify: bool = True
+    """Verify the store's checksums when training opens it."""
+
+    # ---- paths ----------------------------------------------------------------------
+    @property
+    def store_path(self) -> Path:
+        return self.folder / "store"
+
+    @property
+    def sae_path(self) -> Path:
+        return self.folder / "sae"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.folder / "metrics.json"
+
+    @property
+    def features_path(self) -> Path:
+        return self.folder / "features"
+
+    @property
+    def report_path(self) -> Path:
+        return self.folder / "report" / "index.html"
+
+    # ---- what stages share, loaded lazily -------------------------------------------
+    @cached_property
+    def model(self):
+        from ..data.model import load_model
+
+        m = self.config.model
+        say(f"loading model {m.name} ...")
+        return load_model(m.name, dtype=None if m.dtype == "auto" else m.dtype,
+                          device=None if m.device == "auto" else m.device)
+
+    @cached_property
+    def splits(self):
+        """(train contexts, held-out contexts), the same every time for the same config."""
+        from ..data.corpus import default_corpus_path, read_documents, tokenize
+
+        c = self.config.corpus
+        path = default_corpus_path() if c.path == "default" else Path(c.path).expanduser()
+        documents = read_documents(path, text_field=c.text_field)
+        # Enough contexts for the harvest, the held-out evaluation and the interpretation
+        # scan, and no more: a large corpus is not tokenised whole for a small run.
+        wanted = self.config.harvest.tokens + self.config.evaluate.tokens
+        max_contexts = int(wanted / (1 - c.held_out_fraction) / (c.context_size - 1)) + 2
+        corpus = tokenize(documents, self.model.tokenizer, c.context_size, pack=c.pack,
+                          exclude_special=c.exclude_special_tokens, max_contexts=max_contexts)
+        return corpus.split(c.held_out_fraction, seed=c.seed)
+
+    # ---- stages ---------------------------------------------------------------------
+    def harvest(self) -> None:
+        from ..data.harvest import harvest
+
+        train_corpus, _ = self.splits
+        h = self.config.harvest
+        harvest(self.model, train_corpus, self.config.model.hook, self._output("store"), max_tokens=h.tokens,
+                dtype=h.dtype, batch_contexts=h.batch_contexts, shard_tokens=h.shard_tokens, progress=True)
+
+    def train(self) -> None:
+        from ..data.store import open_store
+        from .recipes import train_sae
+
+        store = open_store(self.store_path, verify=self.verify)
+        m = self.config.model
+        if self.output_folder is None:
+            raise FolderError(f"{self.folder} must be opened for writing before training.")
+        train_sae(self.folder, self.output_folder, self.config.sae, self.config.train, store, d_in=store.d_in,
+                  hook=m.hook, model=m.name, loggers=self._loggers())
+
+    def evaluate(self) -> None:
+        from ..evaluation.splice import evaluate_in_model, write_metrics
+
+        _, held_out = self.splits
+        sae = self.load_sae()
+        e = self.config.evaluate
+        metrics = evaluate_in_model(sae, self.model, held_out, batch_contexts=e.batch_contexts,
+                                    max_tokens=e.tokens, progress=True)
+        write_metrics(self._output("metrics.json"), metrics)
+
+    def interpret(self) -> None:
+        from ..interpret import collect_feature_stats
+
+        train_corpus, _ = self.splits
+        i = self.config.interpret
+        stats = collect_feature_stats(self.load_sae(), self.model, train_corpus, n_top=i.n_top,
+                                      max_tokens=i.tokens, progress=True)
+        stats.save(self._output("features"))
+
+    def report(self) -> None:
+        from ..evaluation.splice import read_metrics
+        from ..interpret import FeatureStats
+        from ..report import write_report
+
+        metrics = read_metrics(self.metrics_path)
+        stats = FeatureStats.load(self.features_path)
+        write_report(self._output("report"), self.load_sae(), stats, metrics, self.model.tokenizer,
+                     n_features=self.config.interpret.n_features)
+
+    # ---- helpers --------------------------------------------------------------------
+    def _output(self, name: str) -> Path:
+        if self.output_folder is None:
+            raise FolderError(f"{self.folder} must be opened for writing first.")
+        return self.output_folder.output(name)
+
+    def finished(self, stage: str) -> None:
+        if self.output_folder is not None:
+            self.output_folder.finished(OUTPUTS[stage])
+
+    def load_sae(self):
+        from ..sae.persistence import load_sae
+
+        return load_sae(self.sae_path)
+
+    def done(self, stage: str) -> bool:
+        """A stage is done when saekit recorded its output as finished (outputs are
+        written atomically, so a recorded one is complete)."""
+        if self.output_folder is not None:
+            return self.output_folder.has(OUTPUTS[stage])
+        return (self.folder / OUTPUTS[stage]).exists()
+
+    def _loggers(self) -> list[Callable]:
+        from ..training.loggers import tensorboard_logger, wandb_logger
+
+        loggers = []
+        if self.config.logging.tensorboard:
+            loggers.append(tensorboard_logger(self._output("tensorboard")))
+        if self.config.logging.wandb:
+            loggers.append(wandb_logger(self.config.logging.wandb_project, self.config.to_dict(), self.folder))
+        return loggers
+
+
+def run_identity(config: RunConfig) -> dict:
+    """What a run's outputs depend on: its settings and the content of its corpus and model."""
+    from ..data.corpus import corpus_fingerprint, default_corpus_path
+    from ..data.model import model_fingerprint
+
+    path = default_corpus_path() if config.corpus.path == "default" else Path(config.corpus.path).expanduser()
+    return {"config": config.identity(),
+            "inputs": {"corpus": corpus_fingerprint(path), "model": model_fingerprint(config.model.name)}}
+
+
+def prepare(folder: str | Path, config: RunConfig, *, overwrite: bool = False) -> Run:
+    """Validate everything that can be checked before work starts, then open the run
+    folder (locked, its identity checked; see the module docstring)."""
+    from ..data.probe import model_width
+
+    folder = Path(folder)
+    config.check(model_width(config.model.name))
+    output = OutputFolder(folder, kind=KIND, identity=run_identity(config),
+                          owns=("config.json", *OUTPUTS.values(), "train"), overwrite=overwrite)
+    output.open()
+    try:
+        if not output.has("config.json"):
+            atomic_write_json(output.output("config.json"), config.to_dict())
+            output.finished("config.json")
+    except BaseException:
+        output.close()
+        raise
+    return Run(folder, config, output)
+
+
+def open_run(folder: str | Path, *, write: bool) -> Run:
+    """An existing run folder (for ``saekit evaluate/report/sweep``), opened for writing
+    (locked, checked) when ``write``."""
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigValueError(f"{folder} is not a run folder (no config.json); make one with `saekit run` or "
+                               "`saekit demo`.")
+    config = RunConfig.from_file(config_file)
+    if not write:
+        return Run(folder, config)
+    output = OutputFolder(folder, kind=KIND, identity=run_identity(config))
+    output.open()
+    if not output.resumed:
+        output.close()
+        raise FolderError(f"{folder} holds a config.json but no record of the run saekit made there (saekit.json); "
+                          "run it again with `saekit run` into a new folder.")
+    return Run(folder, config, output)
+
+
+def run_pipeline(folder: str | Path, config: RunConfig, *, stages: tuple[str, ...] = STAGES,
+                 overwrite: bool = False, verify: bool = True) -> Run:
+    run = prepare(folder, config, overwrite=overwrite)
+    run.verify = verify
+    try:
+        run_stages(run, stages)
+    finally:
+        run.output_folder.close()
+    return run
+
+
+def run_stages(run: Run, stages: tuple[str, ...], *, force: bool = False) -> None:
+    for stage in stages:
+        if run.done(stage) and not force:
+            say(f"{stage}: done already, skipped")
+            continue
+        started = time.perf_counter()
+        say(f"{stage} ...")
+        getattr(run, stage)()
+        run.finished(stage)
+        say(f"{stage}: finished in {time.perf_counter() - started:.0f} s")

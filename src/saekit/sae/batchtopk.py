@@ -1,0 +1,60 @@
+"""BatchTopK SAE (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders").
+
+    z = (x − b_dec) W_enc + b_enc
+    f = ReLU(z) on the k·B largest entries of the whole batch [B, d_sae]
+        (entries tied with the k·B-th are all kept)
+
+It finds its selection without sorting the batch (sparse_decode.batch_topk_entries) and
+trains sparsely, as TopK does, with the same AuxK loss. It keeps a running threshold θ,
+the smallest activation it kept, averaged over steps; in eval mode it encodes each
+token alone as f = z ⊙ 1[z > θ] (a JumpReLU; saekit.convert makes that exact).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import SAEConfig
+from .sparse_decode import Active, batch_topk_entries, select_batch_topk
+from .topk import TopKSAE
+
+
+class BatchTopKSAE(TopKSAE):
+    arch = "batchtopk"
+    summary = "ReLU of the k·B largest pre-activations of the batch; a running threshold θ at inference; AuxK"
+    threshold_kind = "scalar"
+    options = ("aux_k", "aux_coefficient", "batchtopk_threshold_momentum")
+
+    def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, generator=generator)
+        # Inference threshold θ (a scalar shared by every feature), saved with the weights.
+        self.register_buffer("threshold", torch.tensor(0.0))
+
+    def encode(self, x: Tensor) -> Tensor:
+        z = self.pre_activations(x)
+        if self.training:
+            return self.select_batch(z)
+        return z * (z > self.threshold).to(z.dtype)
+
+    def select_batch(self, z: Tensor) -> Tensor:
+        """f for the whole batch: the entries of ReLU(z) at or above the (k·B)-th largest, [B, d_sae]."""
+        values, indices, tokens = batch_topk_entries(z, self.cfg.k)
+        f = torch.zeros_like(z)
+        f[tokens, indices] = values
+        return f
+
+    def select(self, x: Tensor) -> Active:
+        active = select_batch_topk(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
+        self._update_threshold(active.values)
+        return active
+
+    @torch.no_grad()
+    def _update_threshold(self, values: Tensor) -> None:
+        """θ ← m θ + (1 − m) (smallest kept activation); the first batch sets θ; a batch that
+        kept nothing leaves it. Tensor operations only, so a GPU is not waited for."""
+        if values.numel() == 0:
+            return
+        smallest = torch.where(values > 0, values, torch.inf).amin().float()
+        m = self.cfg.batchtopk_threshold_momentum
+        updated = torch.where(self.threshold == 0, smallest, m * self.threshold + (1 - m) * smallest)
+        self.threshold.copy_(torch.where(torch.isfinite(smallest), updated, self.threshold))

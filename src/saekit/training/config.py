@@ -1,0 +1,87 @@
+"""The trainer's configuration: every field typed, ranged and documented, with its
+schedules as functions of the step alone (so that a resumed run is exact)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from .._runtime.parsing import (
+    Betas,
+    Device,
+    Fraction,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    UnitInterval,
+    validate_fields,
+)
+
+
+@dataclass
+class TrainConfig:
+    steps: PositiveInt = 2000
+    """Optimiser steps; each reads one global batch."""
+    batch_size: PositiveInt = 4096
+    """Tokens per step, summed over all ranks."""
+    lr: PositiveFloat = 4e-4
+    """Peak Adam learning rate."""
+    lr_warmup_fraction: Fraction = 0.02
+    """Fraction of the steps over which the learning rate rises linearly from 0."""
+    lr_decay: Literal["linear", "cosine", "none"] = "linear"
+    """Shape of the decay to 0 at the last step."""
+    lr_decay_start: UnitInterval = 0.8
+    """Fraction of the steps after which the learning rate decays (Anthropic decays over the last 20%)."""
+    sparsity_warmup_fraction: Fraction = 0.05
+    """Fraction of the steps over which the sparsity coefficient rises linearly from 0."""
+    adam_betas: Betas = (0.9, 0.999)
+    """Adam's (β1, β2), each in [0, 1); on the command line 0.9,0.999."""
+    grad_clip: PositiveFloat | None = 1.0
+    """Clip the global gradient norm to this value; none turns clipping off."""
+    seed: NonNegativeInt = 0
+    """Seeds the SAE's initial weights (saekit train, run and sweep build the SAE with it)
+    and the order in which the data is read."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """"bfloat16" runs forward and backward under bf16 autocast (master weights stay float32);
+    "auto" chooses bf16 on CUDA and on CPUs with native bf16 support."""
+    device: Device | None = None
+    """"cpu", "cuda", "cuda:1", ...; default: cuda if available (the local rank's GPU under torchrun)."""
+    normalization_tokens: PositiveInt = 65_536
+    """Tokens sampled before training to estimate the activation scale and to initialise b_dec."""
+    l0_controller_gain: PositiveFloat = 0.02
+    """target_l0: the coefficient is multiplied by exp(gain · clamp(log((L0+1)/(target+1)), ±1)) every step."""
+    log_every: PositiveInt = 50
+    """Steps between log lines (and progress-bar updates)."""
+    checkpoint_every: PositiveInt | None = None
+    """Steps between checkpoints when ``out`` is given (default: every 10% of the run)."""
+    progress: bool = True
+    """Show a progress bar (rank 0 only)."""
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+    # ---- what a run's result depends on --------------------------------------------------
+    def identity(self) -> dict:
+        """The fields that change what training produces (not where, how often it logs, or
+        on which device), for comparing a folder's run with a rerun's."""
+        skip = {"progress", "log_every", "checkpoint_every", "device"}
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in vars(self).items() if name not in skip}
+
+    # ---- schedules (functions of the step alone, so resume is exact) ------------------------
+    def lr_at(self, step: int) -> float:
+        warmup = int(self.lr_warmup_fraction * self.steps)
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        decay_start = int(self.lr_decay_start * self.steps)
+        if self.lr_decay == "none" or step < decay_start or decay_start >= self.steps:
+            return self.lr
+        progress = (step - decay_start) / (self.steps - decay_start)
+        if self.lr_decay == "linear":
+            return self.lr * (1 - progress)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def sparsity_scale_at(self, step: int) -> float:
+        warmup = int(self.sparsity_warmup_fraction * self.steps)
+        return 1.0 if step >= warmup else (step + 1) / warmup
+

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import re
 import statistics
 import sys
@@ -90,7 +91,7 @@ def matmul_peak(sizes: dict[str, BenchConfig]) -> tuple[float, list[dict]]:
     for name, (m, k, n) in shapes.items():
         a = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
         b = torch.randn(k, n, device=DEVICE, dtype=torch.bfloat16)
-        ms = median_ms(lambda: a @ b, warmup=3, steps=20)
+        ms = median_ms(functools.partial(torch.matmul, a, b), warmup=3, steps=20)
         rows.append({"matmul": name, "bf16 TFLOP/s": 2.0 * m * k * n / ms / 1e9})
     return max(r["bf16 TFLOP/s"] for r in rows), rows
 
@@ -141,7 +142,7 @@ def _measure(name: str, size: str, cfg: BenchConfig, build, peak_tflops: float, 
     row = {"size": size, "configuration": name, "ms/step": ms, "tokens/s": cfg.batch / ms * 1e3,
            "TFLOP/s (nominal)": tflops, "% of bf16 peak": f"{100 * tflops / peak_tflops:.0f}%",
            "peak GiB": peak_gib()}
-    del step, x, batches
+    step = x = batches = None  # free the GPU memory before the next configuration
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
     print(row, file=sys.stderr, flush=True)
@@ -173,18 +174,20 @@ def main(argv: list[str] | None = None) -> None:
         for arch in args.archs:
             for precision in ("bfloat16", "float32"):
                 label = f"saekit/{arch}" + ("+bf16" if precision == "bfloat16" else " fp32")
-                rows.append(measure(label, size, cfg, lambda: build_saekit(cfg, arch=arch, precision=precision, device=DEVICE), peak, args.warmup,
-                                    args.steps))
+                build = functools.partial(build_saekit, cfg, arch=arch, precision=precision, device=DEVICE)
+                rows.append(measure(label, size, cfg, build, peak, args.warmup, args.steps))
         if args.l0:  # a run past its first steps: dense path, then the sparse path forced
             at_l0 = dataclasses.replace(cfg, l0=args.l0)
             for arch in [a for a in args.archs if a in ("relu", "gated", "jumprelu")]:
                 for path, below in (("dense", 0.0), ("sparse", 2.0)):
-                    rows.append(measure(f"saekit/{arch}+bf16 L0≈{args.l0:g} {path}", size, at_l0,
-                                        lambda: build_saekit(at_l0, arch=arch, device=DEVICE, sparse_below=below), peak, args.warmup, args.steps))
-        rows.append(measure("plain/relu+bf16", size, cfg, lambda: plain_step(cfg, False), peak, args.warmup, args.steps))
+                    build = functools.partial(build_saekit, at_l0, arch=arch, device=DEVICE, sparse_below=below)
+                    rows.append(measure(f"saekit/{arch}+bf16 L0≈{args.l0:g} {path}", size, at_l0, build, peak,
+                                        args.warmup, args.steps))
+        rows.append(measure("plain/relu+bf16", size, cfg, functools.partial(plain_step, cfg, False), peak,
+                            args.warmup, args.steps))
         if not args.no_compile:
-            rows.append(measure("plain/relu+bf16 torch.compile", size, cfg, lambda: plain_step(cfg, True), peak,
-                                args.warmup, args.steps))
+            rows.append(measure("plain/relu+bf16 torch.compile", size, cfg, functools.partial(plain_step, cfg, True),
+                                peak, args.warmup, args.steps))
 
     print(f"{torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU dry run'}, torch {torch.__version__}, CUDA {getattr(torch.version, 'cuda', None)}; "
           f"median of {args.steps} steps after {args.warmup} warm-up; k {BenchConfig.k}\n")

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from _timing import command_line, markdown_table
 
 from saekit.data.corpus import default_corpus_path, read_documents, tokenize

@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 
 import torch
-
 from _timing import command_line, markdown_table
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

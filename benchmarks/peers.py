@@ -43,9 +43,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-
 from _timing import command_line, markdown_table, rss_mb, sae_step_flops, time_steps
+from torch import Tensor, nn
 
 StepFn = Callable[[Tensor], object]
 """One full training step on a batch x: [batch, d_in]."""
@@ -204,8 +203,8 @@ def dictionary_learning(arch: str) -> Callable[[BenchConfig], StepFn]:
     (what dictionary_learning.training.trainSAE calls; on CPU it applies no autocast)."""
 
     def build(cfg: BenchConfig) -> StepFn:
-        import dictionary_learning.trainers.standard as standard
         import dictionary_learning.trainers as trainers
+        import dictionary_learning.trainers.standard as standard
 
         trainer_class = getattr(trainers, _DICTIONARY_LEARNING_TRAINERS[arch], None) or getattr(
             standard, _DICTIONARY_LEARNING_TRAINERS[arch]

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     verify = statistics.median(warm)
     rows = [{"what": "store", "value": f"{store.n_tokens:,} tokens × d_in {store.d_in} ({store.manifest['dtype']}), "
                                         f"{size / 1e6:,.0f} MB in {len(store.manifest['shards'])} shards"},
-            {"what": "verify on open, page cache warm (median of %d)" % args.repeats,
+            {"what": f"verify on open, page cache warm (median of {args.repeats})",
              "value": f"{verify:.2f} s ({size / verify / 1e9:.2f} GB/s)"}]
     if cold is not None:
         rows.append({"what": "verify on open, page cache dropped", "value": f"{cold:.2f} s ({size / cold / 1e9:.2f} GB/s)"})

@@ -31,11 +31,17 @@ from pathlib import Path
 
 import torch
 
-
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import command_line, markdown_table  # noqa: E402
 from peers import (  # noqa: E402
-    PEERS, BenchConfig, _least_disturbed, _library_version, _table, activations, firing_quantile, print_peak_and_header,
+    PEERS,
+    BenchConfig,
+    _least_disturbed,
+    _library_version,
+    _table,
+    activations,
+    firing_quantile,
+    print_peak_and_header,
 )
 
 ARCHS = ("relu", "gated", "jumprelu", "topk", "batchtopk")

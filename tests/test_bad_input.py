@@ -350,3 +350,30 @@ def test_no_traceback_across_the_process_boundary(tmp_path, store):
     assert done.stderr.strip().splitlines() == [
         "saekit train: error: argument --lr: must be a number > 0, got '-1e-3' (for example --lr 0.0004) "
         "(see saekit train --help)"]
+
+
+# ---- training that diverges, and bugs ------------------------------------------------------------
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path):
+    from saekit._runtime.errors import NonFiniteError
+
+    x = torch.randn(512, D_IN, generator=torch.Generator().manual_seed(1))
+    sae = saekit.create("relu", d_in=D_IN, d_sae=32, l1_coefficient=0.1)
+    with torch.no_grad():
+        sae.W_enc[0, 0] = float("inf")  # finite data, a weight that is not: step 1's loss is not finite
+    with pytest.raises(NonFiniteError, match=r"step 1: the loss became non-finite \(reconstruction=.*on a finite batch"):
+        saekit.train(sae, x, out=tmp_path / "r", steps=10, batch_size=64, progress=False, checkpoint_every=1)
+    assert not (tmp_path / "r" / "checkpoint").exists()  # nothing non-finite was saved
+
+
+def test_a_bug_is_reported_as_one(monkeypatch, capsys):
+    import saekit.app.cli as cli
+
+    def broken(args):
+        raise KeyError("something saekit did not expect")
+
+    monkeypatch.setattr(cli, "cmd_config", broken)
+    code = cli.main(["config"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "internal error (KeyError" in err and "This is a bug in saekit: please report it" in err
+    assert "SAEKIT_DEBUG=1" in err

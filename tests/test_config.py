@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from saekit._runtime.errors import ConfigValueError
 from saekit.app.cli import main
 from saekit.app.config import RunConfig, describe_config
-from saekit._runtime.errors import ConfigValueError
 
 BAD = {
     "unknown field": ("[train]\nstepz = 10\n", "unknown field(s) ['stepz']"),

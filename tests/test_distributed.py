@@ -27,9 +27,9 @@ import pytest
 import torch
 
 import saekit
+from saekit._runtime.distributed import DistContext, DistributedError
 from saekit.data.source import TensorSource
 from saekit.data.synthetic import make_toy
-from saekit._runtime.distributed import DistContext, DistributedError
 
 WORLD = 2
 TIMEOUT_S = 20.0  # the process group's timeout in the workers

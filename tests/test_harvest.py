@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 
-from saekit._runtime.errors import FolderError
-
 import saekit.data.harvest as harvest_module
-from saekit.data.live import LiveActivations
+from saekit._runtime.errors import FolderError
 from saekit.data.corpus import default_corpus_path, read_documents, tokenize
 from saekit.data.harvest import harvest
+from saekit.data.live import LiveActivations
 from saekit.data.model import capture, load_model
 from saekit.data.store import open_store
 

@@ -17,13 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from test_interpret import toy_corpus, toy_model, toy_sae
 
+from saekit.evaluation.splice import evaluate_in_model
 from saekit.interpret import FeatureStats, collect_feature_stats
 from saekit.report import write_report
-from saekit.evaluation.splice import evaluate_in_model
-
-from test_interpret import toy_corpus, toy_model, toy_sae
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/ensure-chromium.sh)")

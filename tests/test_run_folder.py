@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_bad_input import TRAIN, make_store
 
 from saekit.app.cli import main
-from test_bad_input import TRAIN, make_store
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:

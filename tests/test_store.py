@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from saekit.data.shuffle import shuffled_batches
 from saekit._runtime.errors import FolderError
+from saekit.data.shuffle import shuffled_batches
 from saekit.data.store import IDENTITY_KEYS, StoreError, StoreWriter, open_store
 
 D_IN = 8

@@ -47,7 +47,7 @@ class DistContext:
     world_size: int = 1
 
     @classmethod
-    def current(cls) -> "DistContext":
+    def current(cls) -> DistContext:
         """The initialised default process group, or a single process when there is none."""
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size())

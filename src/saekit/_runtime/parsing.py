@@ -92,7 +92,7 @@ Betas = tuple[Annotated[float, Range(ge=0, lt=1)], Annotated[float, Range(ge=0, 
 # ---- field documentation -------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """{field name: the string literal written right below it in the class body}."""
     docs: dict[str, str] = {}
@@ -116,7 +116,7 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_types(cls: type) -> dict[str, Any]:
     """{field name: its annotation, with Annotated metadata kept}."""
     return typing.get_type_hints(cls, include_extras=True)

@@ -20,10 +20,10 @@ again; harvest and training also resume mid-stage.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 from .._runtime.atomic import atomic_write_json
 from .._runtime.errors import ConfigValueError, FolderError

@@ -10,7 +10,6 @@ round-robin over the ranks.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 

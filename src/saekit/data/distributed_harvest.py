@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 
 from .._runtime.atomic import atomic_write_json
-from .._runtime.errors import UsageError
 from .._runtime.distributed import DistContext
+from .._runtime.errors import UsageError
 from .corpus import TokenizedCorpus
 from .harvest import DEFAULT_BATCH_CONTEXTS, DEFAULT_SHARD_TOKENS, harvest, harvest_shard, plan_harvest
 from .model import LoadedModel

@@ -3,7 +3,6 @@ configuration (k ≤ d_sae, ...) is checked before any work starts."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from .._runtime.errors import ConfigValueError
 from .model import model_path

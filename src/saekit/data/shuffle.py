@@ -26,7 +26,6 @@ from torch import Tensor
 
 from .._runtime.errors import UsageError
 
-
 DEFAULT_CHUNK_BYTES = 2 << 20
 """Target size of one chunk of a store, in stored bytes."""
 DEFAULT_WINDOW_CHUNKS = 32

@@ -15,8 +15,9 @@ For evaluation, ``iterate_once(data, batch_size)`` walks a finite source in orde
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor

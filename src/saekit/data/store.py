@@ -490,7 +490,9 @@ class StoreWriter:
 def _adopt_legacy_store(path: Path) -> None:
     """A store written before folders carried saekit.json: its manifest says it is saekit's,
     so record it (the manifest and its shards' files) as saekit's own."""
-    from .._runtime.folder import FORMAT as FOLDER_FORMAT, MANIFEST_FILE, VERSION as FOLDER_VERSION
+    from .._runtime.folder import FORMAT as FOLDER_FORMAT
+    from .._runtime.folder import MANIFEST_FILE
+    from .._runtime.folder import VERSION as FOLDER_VERSION
 
     manifest = path / MANIFEST
     if (path / MANIFEST_FILE).exists() or not manifest.is_file():

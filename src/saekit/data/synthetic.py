@@ -13,8 +13,8 @@ with any learned decoder row; the mean is the MMCS.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor

@@ -43,8 +43,8 @@ from torch import Tensor
 from .._runtime.atomic import atomic_write_json
 from ..data.corpus import TokenizedCorpus
 from ..data.model import LoadedModel, capture, resolve_hook, splice
-from .metrics import evaluate
 from ..sae.base import SparseAutoencoder
+from .metrics import evaluate
 
 DEFAULT_BATCH_CONTEXTS = 8
 

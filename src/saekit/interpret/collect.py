@@ -20,8 +20,8 @@ from torch import Tensor
 
 from ..data.corpus import TokenizedCorpus
 from ..data.model import LoadedModel, capture, resolve_hook
-from ..sae.base import SparseAutoencoder
 from ..evaluation.splice import limit_tokens
+from ..sae.base import SparseAutoencoder
 from .examples import ExampleHeap
 from .logits import logit_effects
 from .stats import FeatureStats

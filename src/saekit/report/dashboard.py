@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from .._runtime.atomic import atomic_write_text
+from ..evaluation.splice import format_value, table_rows
 from ..interpret.stats import FeatureStats
 from ..sae.base import SparseAutoencoder
-from ..evaluation.splice import format_value, table_rows
 from .plots import write_plots
 
 SHARD_SIZE = 64

@@ -49,7 +49,7 @@ class LossOutput(NamedTuple):
     architectures report these two without materialising the dense [batch, d_sae] f.)"""
 
     @classmethod
-    def from_features(cls, loss: Tensor, parts: dict[str, Tensor], f: Tensor, x_hat: Tensor) -> "LossOutput":
+    def from_features(cls, loss: Tensor, parts: dict[str, Tensor], f: Tensor, x_hat: Tensor) -> LossOutput:
         with torch.no_grad():
             # f ≥ 0, so active is f ≠ 0. These three are the fast kernels for it on CPU
             # (a comparison or a per-column count over [batch, d_sae] is several times slower).
@@ -59,7 +59,7 @@ class LossOutput(NamedTuple):
 
     @classmethod
     def from_entries(cls, loss: Tensor, parts: dict[str, Tensor], x_hat: Tensor, latents: Tensor, active: Tensor,
-                     d_sae: int) -> "LossOutput":
+                     d_sae: int) -> LossOutput:
         """For the sparse paths: from the latent of each of the batch's entries and whether
         it is active (bool, same shape: [n] or [B, k]), without boolean indexing (on a GPU
         that waits for the device)."""

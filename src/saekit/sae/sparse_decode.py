@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 # The CSR products used here are stable in every torch this package supports; the
 # warning would reach users once per process and ask nothing of them.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")

@@ -72,7 +72,8 @@ def load_checkpoint(path: Path, sae: SparseAutoencoder, optimizer: torch.optim.O
     _verify_checksums(path)
     try:
         state = json.loads((path / STATE_FILE).read_text())
-        step, scale = int(state["step"]), float(state["activation_scale"])
+        step = int(state["step"])
+        float(state["activation_scale"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path / STATE_FILE} is unreadable ({error}); the checkpoint is damaged. Start the run "
                               "again in another folder.") from None

@@ -5,8 +5,9 @@ W&B works without network with WANDB_MODE=offline (runs sync later with `wandb s
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 Logger = Callable[[dict[str, float]], None]
 

@@ -323,7 +323,7 @@ class Trainer:
                                  "those rows.")
         parts = ""
         if output is not None:
-            parts = " (" + ", ".join(f"{k}={float(v):.4g}" for k, v in output.parts.items()) + ")"
+            parts = " (" + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in output.parts.items()) + ")"
         raise NonFiniteError(
             f"step {step + 1}: the {what} became non-finite{parts} on a finite batch: training diverged; {kept}. "
             f"Lower the learning rate (lr={self.cfg.lr:g}), keep gradient clipping on (grad_clip), or train in "

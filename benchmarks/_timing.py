@@ -9,6 +9,7 @@ is the highest resident memory reached *during* the step, not since the process 
 Each configuration runs in its own process (see ``peers.run_isolated``) so one
 configuration's allocator caches never show up in another's numbers.
 """
+
 from __future__ import annotations
 
 import os

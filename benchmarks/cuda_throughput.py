@@ -17,6 +17,7 @@ step at each size, on random data.
     python benchmarks/cuda_throughput.py                 # needs a CUDA GPU
     python benchmarks/cuda_throughput.py --sizes issue --steps 30
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,7 +69,10 @@ DRY_RUN = "--dry-run" in sys.argv
 DEVICE = "cpu" if DRY_RUN else "cuda"
 median_ms = wall_median_ms if DRY_RUN else cuda_median_ms
 if DRY_RUN:
-    SIZES = {"issue": BenchConfig(d_in=32, d_sae=256, batch=256, k=4), "large": BenchConfig(d_in=64, d_sae=512, batch=512, k=4)}
+    SIZES = {
+        "issue": BenchConfig(d_in=32, d_sae=256, batch=256, k=4),
+        "large": BenchConfig(d_in=64, d_sae=512, batch=512, k=4),
+    }
 
 
 def synchronize() -> None:
@@ -85,8 +89,13 @@ def matmul_peak(sizes: dict[str, BenchConfig]) -> tuple[float, list[dict]]:
     shapes = {"square 8192³": (8192, 8192, 8192)} if DEVICE == "cuda" else {}
     for name, cfg in sizes.items():
         B, d, M = cfg.batch, cfg.d_in, cfg.d_sae
-        shapes.update({f"{name}: encode [B,d]@[d,M]": (B, d, M), f"{name}: decode [B,M]@[M,d]": (B, M, d),
-                       f"{name}: dW [M,B]@[B,d]": (M, B, d)})
+        shapes.update(
+            {
+                f"{name}: encode [B,d]@[d,M]": (B, d, M),
+                f"{name}: decode [B,M]@[M,d]": (B, M, d),
+                f"{name}: dW [M,B]@[B,d]": (M, B, d),
+            }
+        )
     rows = []
     for name, (m, k, n) in shapes.items():
         a = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
@@ -139,9 +148,15 @@ def _measure(name: str, size: str, cfg: BenchConfig, build, peak_tflops: float, 
         torch.cuda.reset_peak_memory_stats()
     ms = median_ms(lambda: step(batches[next(counter) % 2]), warmup=0, steps=steps)
     tflops = sae_step_flops(cfg.batch, cfg.d_in, cfg.d_sae, name) / ms / 1e9
-    row = {"size": size, "configuration": name, "ms/step": ms, "tokens/s": cfg.batch / ms * 1e3,
-           "TFLOP/s (nominal)": tflops, "% of bf16 peak": f"{100 * tflops / peak_tflops:.0f}%",
-           "peak GiB": peak_gib()}
+    row = {
+        "size": size,
+        "configuration": name,
+        "ms/step": ms,
+        "tokens/s": cfg.batch / ms * 1e3,
+        "TFLOP/s (nominal)": tflops,
+        "% of bf16 peak": f"{100 * tflops / peak_tflops:.0f}%",
+        "peak GiB": peak_gib(),
+    }
     step = x = batches = None  # free the GPU memory before the next configuration
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
@@ -155,9 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--l0", type=float, default=64.0,
-                        help="also time relu, gated and jumprelu set to fire about this many features a token "
-                             "(peers.BenchConfig.l0), on the dense and on the sparse path; 0 to skip")
+    parser.add_argument(
+        "--l0",
+        type=float,
+        default=64.0,
+        help="also time relu, gated and jumprelu set to fire about this many features a token "
+        "(peers.BenchConfig.l0), on the dense and on the sparse path; 0 to skip",
+    )
     parser.add_argument("--dry-run", action="store_true", help="on a CPU, tiny sizes: check the script runs")
     parser.add_argument("--only", default="", help='regular expression on "size configuration", e.g. "^large .*relu"')
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd plain-PyTorch row")
@@ -181,21 +200,50 @@ def main(argv: list[str] | None = None) -> None:
             for arch in [a for a in args.archs if a in ("relu", "gated", "jumprelu")]:
                 for path, below in (("dense", 0.0), ("sparse", 2.0)):
                     build = functools.partial(build_saekit, at_l0, arch=arch, device=DEVICE, sparse_below=below)
-                    rows.append(measure(f"saekit/{arch}+bf16 L0≈{args.l0:g} {path}", size, at_l0, build, peak,
-                                        args.warmup, args.steps))
-        rows.append(measure("plain/relu+bf16", size, cfg, functools.partial(plain_step, cfg, False), peak,
-                            args.warmup, args.steps))
+                    rows.append(
+                        measure(
+                            f"saekit/{arch}+bf16 L0≈{args.l0:g} {path}",
+                            size,
+                            at_l0,
+                            build,
+                            peak,
+                            args.warmup,
+                            args.steps,
+                        )
+                    )
+        rows.append(
+            measure(
+                "plain/relu+bf16", size, cfg, functools.partial(plain_step, cfg, False), peak, args.warmup, args.steps
+            )
+        )
         if not args.no_compile:
-            rows.append(measure("plain/relu+bf16 torch.compile", size, cfg, functools.partial(plain_step, cfg, True),
-                                peak, args.warmup, args.steps))
+            rows.append(
+                measure(
+                    "plain/relu+bf16 torch.compile",
+                    size,
+                    cfg,
+                    functools.partial(plain_step, cfg, True),
+                    peak,
+                    args.warmup,
+                    args.steps,
+                )
+            )
 
-    print(f"{torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU dry run'}, torch {torch.__version__}, CUDA {getattr(torch.version, 'cuda', None)}; "
-          f"median of {args.steps} steps after {args.warmup} warm-up; k {BenchConfig.k}\n")
+    print(
+        f"{torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU dry run'}, torch {torch.__version__}, "
+        f"CUDA {getattr(torch.version, 'cuda', None)}; "
+        f"median of {args.steps} steps after {args.warmup} warm-up; k {BenchConfig.k}\n"
+    )
     print(markdown_table(matmul_rows, ["matmul", "bf16 TFLOP/s"], floatfmt=",.1f"))
     print()
     rows = [row for row in rows if row is not None]
-    print(markdown_table(rows, ["size", "configuration", "ms/step", "tokens/s", "TFLOP/s (nominal)", "% of bf16 peak",
-                                "peak GiB"], floatfmt=",.2f"))
+    print(
+        markdown_table(
+            rows,
+            ["size", "configuration", "ms/step", "tokens/s", "TFLOP/s (nominal)", "% of bf16 peak", "peak GiB"],
+            floatfmt=",.2f",
+        )
+    )
     print(f"\n`{command_line()}`")
 
 

@@ -15,6 +15,7 @@ token against the issue's target, 2·d_in (bf16) + 12 bytes of metadata (three i
     .venv/bin/python benchmarks/harvest.py                 # ≈ 2 min on 2 cores
     .venv/bin/python benchmarks/harvest.py --tokens 8192 --layer 15 --context-size 128
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,9 @@ def main() -> None:
     loaded = load_model(args.model, dtype=args.dtype)
     hook = f"layers.{args.layer}.resid_post"
     n_contexts = max(1, args.tokens // args.context_size)
-    corpus = tokenize(read_documents(default_corpus_path()), loaded.tokenizer, args.context_size, max_contexts=n_contexts)
+    corpus = tokenize(
+        read_documents(default_corpus_path()), loaded.tokenizer, args.context_size, max_contexts=n_contexts
+    )
     tokens = corpus.tokens.numel()
     batches = corpus.tokens.split(args.batch_contexts)
 
@@ -72,9 +75,17 @@ def main() -> None:
             capture(loaded, ids, hook)
 
     with tempfile.TemporaryDirectory() as tmp:
+
         def saekit_harvest() -> None:
-            harvest(loaded, corpus, hook, Path(tmp) / "store", batch_contexts=args.batch_contexts,
-                    overwrite=True, progress=False)
+            harvest(
+                loaded,
+                corpus,
+                hook,
+                Path(tmp) / "store",
+                batch_contexts=args.batch_contexts,
+                overwrite=True,
+                progress=False,
+            )
 
         seconds = {
             "naive: full forward, output_hidden_states=True": timed(naive, args.repeats),
@@ -88,22 +99,32 @@ def main() -> None:
     naive_rate = tokens / seconds["naive: full forward, output_hidden_states=True"]
     rows = []
     for name, s in seconds.items():
-        rows.append({
-            "method": name, "seconds": f"{s:.2f}", "tokens/s": tokens / s, "× naive": f"{tokens / s / naive_rate:.1f}",
-            "stored rows/s": stored / s if "harvest" in name else None,
-        })
+        rows.append(
+            {
+                "method": name,
+                "seconds": f"{s:.2f}",
+                "tokens/s": tokens / s,
+                "× naive": f"{tokens / s / naive_rate:.1f}",
+                "stored rows/s": stored / s if "harvest" in name else None,
+            }
+        )
     load_after = os.getloadavg()[0]
 
     print(f"# {command_line()}")
-    print(f"# model {loaded.name} ({loaded.n_layers} layers, d_model {loaded.d_model}), {str(loaded.dtype).removeprefix('torch.')}, "
-          f"hook {hook}; {len(corpus)} contexts × {args.context_size} = {tokens} tokens, {args.batch_contexts} contexts "
-          f"a forward; {torch.get_num_threads()} threads; load average {load_before:.1f} before, {load_after:.1f} after")
+    print(
+        f"# model {loaded.name} ({loaded.n_layers} layers, d_model {loaded.d_model}), "
+        f"{str(loaded.dtype).removeprefix('torch.')}, "
+        f"hook {hook}; {len(corpus)} contexts × {args.context_size} = {tokens} tokens, {args.batch_contexts} contexts "
+        f"a forward; {torch.get_num_threads()} threads; load average {load_before:.1f} before, {load_after:.1f} after"
+    )
     print()
     print(markdown_table(rows, ["method", "seconds", "tokens/s", "× naive", "stored rows/s"]))
     print()
     target = 2 * loaded.d_model + 12
-    print(f"bytes on disk per stored token: {on_disk / stored:.1f} (shards only {shards / stored:.1f}; "
-          f"target 2·d_in + 12 = {target}: {100 * (shards / stored / target - 1):+.2f}%)")
+    print(
+        f"bytes on disk per stored token: {on_disk / stored:.1f} (shards only {shards / stored:.1f}; "
+        f"target 2·d_in + 12 = {target}: {100 * (shards / stored / target - 1):+.2f}%)"
+    )
 
 
 if __name__ == "__main__":

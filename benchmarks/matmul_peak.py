@@ -15,6 +15,7 @@ tokens/s a training step could reach if it did nothing but these matmuls.
 
     .venv/bin/python benchmarks/matmul_peak.py          # any venv with torch
 """
+
 from __future__ import annotations
 
 import time

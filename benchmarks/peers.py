@@ -26,6 +26,7 @@ The peers live in .venv-bench (``bash scripts/bench-env.sh``):
     .venv-bench/bin/python benchmarks/peers.py                    # every configuration
     .venv-bench/bin/python benchmarks/peers.py --only 'saelens/top'
 """
+
 from __future__ import annotations
 
 import argparse
@@ -152,7 +153,9 @@ def sparsify_topk(optimizer: str = "adam") -> Callable[[BenchConfig], StepFn]:
             from schedulefree import ScheduleFreeWrapper
             from sparsify.sign_sgd import SignSGD
 
-            opt = ScheduleFreeWrapper(SignSGD(sae.parameters(), lr=5e-3 / (sae.num_latents / 2**14) ** 0.5), momentum=0.95)
+            opt = ScheduleFreeWrapper(
+                SignSGD(sae.parameters(), lr=5e-3 / (sae.num_latents / 2**14) ** 0.5), momentum=0.95
+            )
             opt.train()
             schedulers = []
         tokens_since_fired = torch.zeros(sae.num_latents, dtype=torch.long)
@@ -292,7 +295,10 @@ _SPARSIFY = ("sparsify", "transformers", "schedulefree")
 _DICTIONARY_LEARNING = ("dictionary_learning.trainers",)
 
 PEERS: dict[str, Peer] = {
-    **{f"saelens/{a}": Peer("sae-lens", _SAELENS, saelens(a)) for a in ("standard", "gated", "jumprelu", "topk", "batchtopk")},
+    **{
+        f"saelens/{a}": Peer("sae-lens", _SAELENS, saelens(a))
+        for a in ("standard", "gated", "jumprelu", "topk", "batchtopk")
+    },
     **{
         f"saelens/{a}+bf16": Peer("sae-lens", _SAELENS, saelens(a, autocast=True), "bf16")
         for a in ("standard", "gated", "jumprelu", "topk", "batchtopk")
@@ -301,7 +307,9 @@ PEERS: dict[str, Peer] = {
         "sae-lens", _SAELENS, saelens("topk", sparse=True), note="rescale_acts_by_decoder_norm=False (needed on CPU)"
     ),
     "sparsify/topk": Peer("eai-sparsify", _SPARSIFY, sparsify_topk("adam")),
-    "sparsify/topk+signum": Peer("eai-sparsify", _SPARSIFY, sparsify_topk("signum"), note="sparsify's default optimiser"),
+    "sparsify/topk+signum": Peer(
+        "eai-sparsify", _SPARSIFY, sparsify_topk("signum"), note="sparsify's default optimiser"
+    ),
     **{
         f"dictionary_learning/{a}": Peer("dictionary-learning", _DICTIONARY_LEARNING, dictionary_learning(a))
         for a in _DICTIONARY_LEARNING_TRAINERS
@@ -323,7 +331,7 @@ def _library_version(name: str) -> str:
 
 
 def _resolve(target: str) -> Callable[..., StepFn]:
-    """"module:function" with benchmarks/ on sys.path, e.g. "train_throughput:build_saekit"."""
+    """ "module:function" with benchmarks/ on sys.path, e.g. "train_throughput:build_saekit"."""
     module_name, _, function_name = target.partition(":")
     if not function_name:
         raise ValueError(f"target must look like 'module:function', got {target!r}.")
@@ -331,8 +339,13 @@ def _resolve(target: str) -> Callable[..., StepFn]:
 
 
 def measure(
-    build: Callable[..., StepFn], cfg: BenchConfig, *, imports: tuple[str, ...] = (), flops_dtype: str = "fp32",
-    name: str = "", **build_kwargs
+    build: Callable[..., StepFn],
+    cfg: BenchConfig,
+    *,
+    imports: tuple[str, ...] = (),
+    flops_dtype: str = "fp32",
+    name: str = "",
+    **build_kwargs,
 ) -> dict:
     """In this process: import ``imports``, make the data, take the memory baseline, build the
     SAE and optimiser, time the steps. Returns tokens_per_s, gflops, peak_mb, step_mb,
@@ -372,7 +385,13 @@ def _worker(name: str, target: str | None, cfg: BenchConfig, build_kwargs: dict,
 
 
 def run_isolated(
-    name: str, *, target: str | None = None, build_kwargs: dict | None = None, dtype: str = "fp32", timeout: float = 900, **config
+    name: str,
+    *,
+    target: str | None = None,
+    build_kwargs: dict | None = None,
+    dtype: str = "fp32",
+    timeout: float = 900,
+    **config,
 ) -> dict:
     """Measure one configuration in a fresh Python process (this interpreter) and return
     its result dict (see ``measure``) with "name" added.
@@ -387,11 +406,20 @@ def run_isolated(
     cfg = BenchConfig(**config)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        request = {"name": name, "target": target, "config": dataclasses.asdict(cfg), "build_kwargs": build_kwargs or {}, "dtype": dtype}
+        request = {
+            "name": name,
+            "target": target,
+            "config": dataclasses.asdict(cfg),
+            "build_kwargs": build_kwargs or {},
+            "dtype": dtype,
+        }
         proc = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(request), "--out", str(out)],
             capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))},
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
+            },
         )  # fmt: skip
         if proc.returncode != 0 or not out.exists():
             lines = (proc.stderr or proc.stdout).strip().splitlines()
@@ -422,7 +450,17 @@ def _table(results: list[dict], peak: dict[str, float]) -> str:
                 "note": r.get("note"),
             }
         )
-    columns = ["configuration", "version", "tokens/s", "GFLOP/s", "% of peak", "peak MiB", "step MiB", "CPU stall", "note"]
+    columns = [
+        "configuration",
+        "version",
+        "tokens/s",
+        "GFLOP/s",
+        "% of peak",
+        "peak MiB",
+        "step MiB",
+        "CPU stall",
+        "note",
+    ]
     return markdown_table(rows, columns)
 
 
@@ -438,7 +476,9 @@ def _least_disturbed(name: str, cfg: BenchConfig, retries: int, max_stall: float
     return {**best, "attempts": len(runs)}
 
 
-def print_peak_and_header(cfg: BenchConfig, matmuls_before: list[dict] | None, load_before: float, load: float) -> dict[str, float]:
+def print_peak_and_header(
+    cfg: BenchConfig, matmuls_before: list[dict] | None, load_before: float, load: float
+) -> dict[str, float]:
     """Print the matmul table and the line that describes the run; return the fp32/bf16
     peaks (empty without a matmul measurement). The matmuls are measured again now and
     each cell keeps the better of the two, so one busy moment on a shared machine does
@@ -486,7 +526,13 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.worker:
         request = json.loads(args.worker)
-        result = _worker(request["name"], request["target"], BenchConfig(**request["config"]), request["build_kwargs"], request["dtype"])
+        result = _worker(
+            request["name"],
+            request["target"],
+            BenchConfig(**request["config"]),
+            request["build_kwargs"],
+            request["dtype"],
+        )
         args.out.write_text(json.dumps(result))
         return
 
@@ -509,7 +555,9 @@ def main(argv: list[str] | None = None) -> None:
     print(_table(results, peak))
     print(f"\n`{command_line()}`")
     if args.json:
-        args.json.write_text(json.dumps({"config": dataclasses.asdict(cfg), "peak": peak, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"config": dataclasses.asdict(cfg), "peak": peak, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ neither gets near L0 32 from a cold start, so read those rows for speed of desce
     .venv-bench/bin/python benchmarks/quality_per_time.py                 # 5 archs × 2 libraries × 60 s
     .venv-bench/bin/python benchmarks/quality_per_time.py --seconds 30 --only topk
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,9 +76,20 @@ def train_saekit(arch: str, cfg: BenchConfig, batches, seconds: float, target_l0
     sae = saekit.create(arch, d_in=cfg.d_in, d_sae=cfg.d_sae, seed=cfg.seed, **options)
     # A step count is unknown in advance here, so no schedule depends on it: constant
     # learning rate, no warm-ups (the L0 controller acts from the first step).
-    trainer = Trainer(sae, torch.cat(batches[:1]), steps=10**9, batch_size=cfg.batch, lr=4e-4, lr_warmup_fraction=0,
-                      lr_decay="none", sparsity_warmup_fraction=0, progress=False, normalization_tokens=cfg.batch,
-                      log_every=10**9, device="cpu")
+    trainer = Trainer(
+        sae,
+        torch.cat(batches[:1]),
+        steps=10**9,
+        batch_size=cfg.batch,
+        lr=4e-4,
+        lr_warmup_fraction=0,
+        lr_decay="none",
+        sparsity_warmup_fraction=0,
+        progress=False,
+        normalization_tokens=cfg.batch,
+        log_every=10**9,
+        device="cpu",
+    )
     steps = run_for(trainer.step, batches, seconds)
     sae.fold_activation_scale(trainer.scale)
     sae.eval()
@@ -100,8 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="wall-clock training budget per row")
     parser.add_argument("--only", default="", help="regular expression on architecture names")
     parser.add_argument("--target-l0", type=float, default=32.0, help="saekit relu/gated/jumprelu: target L0")
-    parser.add_argument("--saelens-coefficient", type=float, default=None,
-                        help="SAELens relu/gated: its l1_coefficient (default: its own default)")
+    parser.add_argument(
+        "--saelens-coefficient",
+        type=float,
+        default=None,
+        help="SAELens relu/gated: its l1_coefficient (default: its own default)",
+    )
     parser.add_argument("--heldout-tokens", type=int, default=16_384)
     parser.add_argument("--no-peers", action="store_true", help="saekit's rows only")
     args = parser.parse_args(argv)
@@ -122,12 +138,27 @@ def main(argv: list[str] | None = None) -> None:
             except ImportError as error:
                 rows.append({"library": library, "arch": arch, "note": f"not installed ({error.name})"})
                 continue
-            rows.append({"library": f"{library} {_library_version(library)}", "arch": arch, "steps": steps,
-                         "tokens": steps * cfg.batch, **quality(encode, decode, test)})
-    print(f"d_in {cfg.d_in}, d_sae {cfg.d_sae}, batch {cfg.batch}, {args.seconds:.0f} s of training per row, "
-          f"held-out {test.shape[0]} tokens; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    table_rows = [{**r, "explained variance": None if "explained_variance" not in r else f"{r['explained_variance']:.4f}",
-                   "L0": None if "l0" not in r else f"{r['l0']:.1f}"} for r in rows]
+            rows.append(
+                {
+                    "library": f"{library} {_library_version(library)}",
+                    "arch": arch,
+                    "steps": steps,
+                    "tokens": steps * cfg.batch,
+                    **quality(encode, decode, test),
+                }
+            )
+    print(
+        f"d_in {cfg.d_in}, d_sae {cfg.d_sae}, batch {cfg.batch}, {args.seconds:.0f} s of training per row, "
+        f"held-out {test.shape[0]} tokens; torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
+    table_rows = [
+        {
+            **r,
+            "explained variance": None if "explained_variance" not in r else f"{r['explained_variance']:.4f}",
+            "L0": None if "l0" not in r else f"{r['l0']:.1f}",
+        }
+        for r in rows
+    ]
     print(markdown_table(table_rows, ["arch", "library", "steps", "tokens", "L0", "explained variance", "note"]))
     print(f"\n`{command_line()}`")
 

@@ -10,6 +10,7 @@ speed-up of a real run, and that it changes nothing else.
     saekit harvest --model smollm2 --hook layers.15.resid_post --corpus default --tokens 300000 --out runs/store
     .venv/bin/python benchmarks/sparse_training.py runs/store --steps 400
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,21 +43,32 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for arch in args.archs:
         for path, sparse_below in (("sparse when L0 < 4%", 0.04), ("dense", 0.0)):
-            sae = saekit.create(arch, d_in=x.shape[1], d_sae=args.expansion * x.shape[1], target_l0=args.target_l0,
-                                seed=0)
+            sae = saekit.create(
+                arch, d_in=x.shape[1], d_sae=args.expansion * x.shape[1], target_l0=args.target_l0, seed=0
+            )
             sae.sparse_below = sparse_below
             start = time.perf_counter()
-            result = saekit.train(sae, train, steps=args.steps, batch_size=args.batch_size, lr=8e-4, progress=False,
-                                  device="cpu")
+            result = saekit.train(
+                sae, train, steps=args.steps, batch_size=args.batch_size, lr=8e-4, progress=False, device="cpu"
+            )
             seconds = time.perf_counter() - start
             metrics = saekit.evaluate(result.sae, held_out)
-            rows.append({"arch": arch, "path": path, "seconds": f"{seconds:.0f}",
-                         "tokens/s": f"{args.steps * args.batch_size / seconds:,.0f}", "L0": f"{metrics['l0']:.2f}",
-                         "explained variance": f"{metrics['explained_variance']:.4f}"})
+            rows.append(
+                {
+                    "arch": arch,
+                    "path": path,
+                    "seconds": f"{seconds:.0f}",
+                    "tokens/s": f"{args.steps * args.batch_size / seconds:,.0f}",
+                    "L0": f"{metrics['l0']:.2f}",
+                    "explained variance": f"{metrics['explained_variance']:.4f}",
+                }
+            )
             print(rows[-1], file=sys.stderr, flush=True)
-    print(f"{args.store}: {len(train):,} training rows, d_in {x.shape[1]}, d_sae {args.expansion * x.shape[1]}, "
-          f"{args.steps} steps of {args.batch_size} tokens, target L0 {args.target_l0:g}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads\n")
+    print(
+        f"{args.store}: {len(train):,} training rows, d_in {x.shape[1]}, d_sae {args.expansion * x.shape[1]}, "
+        f"{args.steps} steps of {args.batch_size} tokens, target L0 {args.target_l0:g}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads\n"
+    )
     print(markdown_table(rows, ["arch", "path", "seconds", "tokens/s", "L0", "explained variance"]))
     print(f"\n`{command_line()}`")
 

@@ -9,6 +9,7 @@ verification as a share of the 600-step run.
     .venv/bin/python benchmarks/store_verify.py runs/demo/store
     .venv/bin/python benchmarks/store_verify.py runs/demo/store --full   # time all 600 steps
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     store = open_store(args.store, verify=False)
-    size = sum((args.store / f"{s['name']}.{kind}").stat().st_size for s in store.manifest["shards"]
-               for kind in ("act", "tok"))
+    size = sum(
+        (args.store / f"{s['name']}.{kind}").stat().st_size for s in store.manifest["shards"] for kind in ("act", "tok")
+    )
     warm = []
     for _ in range(args.repeats):
         started = time.perf_counter()
@@ -77,16 +79,29 @@ def main(argv: list[str] | None = None) -> None:
     del torch
 
     verify = statistics.median(warm)
-    rows = [{"what": "store", "value": f"{store.n_tokens:,} tokens × d_in {store.d_in} ({store.manifest['dtype']}), "
-                                        f"{size / 1e6:,.0f} MB in {len(store.manifest['shards'])} shards"},
-            {"what": f"verify on open, page cache warm (median of {args.repeats})",
-             "value": f"{verify:.2f} s ({size / verify / 1e9:.2f} GB/s)"}]
+    rows = [
+        {
+            "what": "store",
+            "value": f"{store.n_tokens:,} tokens × d_in {store.d_in} ({store.manifest['dtype']}), "
+            f"{size / 1e6:,.0f} MB in {len(store.manifest['shards'])} shards",
+        },
+        {
+            "what": f"verify on open, page cache warm (median of {args.repeats})",
+            "value": f"{verify:.2f} s ({size / verify / 1e9:.2f} GB/s)",
+        },
+    ]
     if cold is not None:
-        rows.append({"what": "verify on open, page cache dropped", "value": f"{cold:.2f} s ({size / cold / 1e9:.2f} GB/s)"})
-    rows += [{"what": f"one training step (demo: topk k 32, d_sae {sae.d_sae}, 4,096 tokens)", "value": f"{per_step:.3f} s"},
-             {"what": f"{args.steps} steps" + ("" if args.full else f" (from {steps - 5} timed)"),
-              "value": f"{training:.0f} s"},
-             {"what": "verification / training, warm", "value": f"{100 * verify / training:.2f}%"}]
+        rows.append(
+            {"what": "verify on open, page cache dropped", "value": f"{cold:.2f} s ({size / cold / 1e9:.2f} GB/s)"}
+        )
+    rows += [
+        {"what": f"one training step (demo: topk k 32, d_sae {sae.d_sae}, 4,096 tokens)", "value": f"{per_step:.3f} s"},
+        {
+            "what": f"{args.steps} steps" + ("" if args.full else f" (from {steps - 5} timed)"),
+            "value": f"{training:.0f} s",
+        },
+        {"what": "verification / training, warm", "value": f"{100 * verify / training:.2f}%"},
+    ]
     if cold is not None:
         rows.append({"what": "verification / training, cold", "value": f"{100 * cold / training:.2f}%"})
     print(command_line())

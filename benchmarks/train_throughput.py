@@ -17,6 +17,7 @@ The second table reads each saekit row against the fastest peer row that trains 
 same architecture (each peer in its best configuration: bf16 autocast, sparse decoder,
 its default optimiser, whichever is fastest).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,9 @@ SAE_OPTIONS = {  # coefficients as the peers' defaults set them; they do not cha
 }
 
 
-def build_saekit(cfg: BenchConfig, *, arch: str, precision: str = "bfloat16", device: str = "cpu",
-                 sparse_below: float | None = None):
+def build_saekit(
+    cfg: BenchConfig, *, arch: str, precision: str = "bfloat16", device: str = "cpu", sparse_below: float | None = None
+):
     """saekit's Trainer for ``arch`` on ``device``; returns its ``step(x)``. ``sparse_below``
     overrides the SAE's (0: dense path only, above 1: sparse path only).
 
@@ -82,8 +84,17 @@ def build_saekit(cfg: BenchConfig, *, arch: str, precision: str = "bfloat16", de
     if sparse_below is not None:
         sae.sparse_below = sparse_below
     sample = activations(dataclasses.replace(cfg, n_batches=1))
-    trainer = Trainer(sae, sample, steps=10**9, batch_size=cfg.batch, precision=precision, progress=False,
-                      normalization_tokens=cfg.batch, log_every=10**9, device=device)
+    trainer = Trainer(
+        sae,
+        sample,
+        steps=10**9,
+        batch_size=cfg.batch,
+        precision=precision,
+        progress=False,
+        normalization_tokens=cfg.batch,
+        log_every=10**9,
+        device=device,
+    )
     trainer.source = None  # the timed steps are fed by the benchmark
     if cfg.l0 is not None and arch in FIRING_PARAMETER:
         set_l0(sae, sample.to(device) * trainer.scale, cfg.l0)
@@ -115,9 +126,15 @@ def saekit_row(arch: str, precision: str) -> str:
 
 
 def run_saekit(arch: str, precision: str, cfg: BenchConfig, retries: int, max_stall: float) -> dict:
-    result = _least_disturbed(saekit_row(arch, precision), cfg, retries, max_stall,
-                              target="train_throughput:build_saekit", build_kwargs={"arch": arch, "precision": precision},
-                              dtype="bf16" if precision == "bfloat16" else "fp32")
+    result = _least_disturbed(
+        saekit_row(arch, precision),
+        cfg,
+        retries,
+        max_stall,
+        target="train_throughput:build_saekit",
+        build_kwargs={"arch": arch, "precision": precision},
+        dtype="bf16" if precision == "bfloat16" else "fp32",
+    )
     return {**result, "version": _library_version("saekit")}
 
 
@@ -130,17 +147,20 @@ def ratio_table(ours: list[dict], peers: list[dict]) -> str:
         pattern = re.compile(PEER_ROWS[arch])
         rivals = [p for p in peers if pattern.search(p["name"]) and "error" not in p]
         best = max(rivals, key=lambda p: p["tokens_per_s"], default=None)
-        rows.append({
-            "saekit": r["name"],
-            "tokens/s": r["tokens_per_s"],
-            "fastest peer": best["name"] if best else "(none measured)",
-            "peer tokens/s": best["tokens_per_s"] if best else None,
-            "speed-up": f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}×" if best else None,
-            "peak MiB": r["peak_mb"],
-            "peer peak MiB": best["peak_mb"] if best else None,
-        })
-    return markdown_table(rows, ["saekit", "tokens/s", "fastest peer", "peer tokens/s", "speed-up", "peak MiB",
-                                 "peer peak MiB"])
+        rows.append(
+            {
+                "saekit": r["name"],
+                "tokens/s": r["tokens_per_s"],
+                "fastest peer": best["name"] if best else "(none measured)",
+                "peer tokens/s": best["tokens_per_s"] if best else None,
+                "speed-up": f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}×" if best else None,
+                "peak MiB": r["peak_mb"],
+                "peer peak MiB": best["peak_mb"] if best else None,
+            }
+        )
+    return markdown_table(
+        rows, ["saekit", "tokens/s", "fastest peer", "peer tokens/s", "speed-up", "peak MiB", "peer peak MiB"]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,8 +213,9 @@ def main(argv: list[str] | None = None) -> None:
         print(ratio_table(ours, peers))
     print(f"\n`{command_line()}`")
     if args.json:
-        args.json.write_text(json.dumps({"config": dataclasses.asdict(cfg), "peak": peak, "saekit": ours,
-                                         "peers": peers}, indent=2))
+        args.json.write_text(
+            json.dumps({"config": dataclasses.asdict(cfg), "peak": peak, "saekit": ours, "peers": peers}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Bad input of every kind — flags, config files, stores, checkpoints, SAE folders — gets
 one line that names the problem and the fix, exit code 2, and no traceback; corrupt
 bytes and non-finite values are caught before they reach a weight."""
+
 from __future__ import annotations
 
 import json
@@ -24,15 +25,24 @@ D_IN = 8
 
 
 def make_store(path: Path, rows: int = 96, shards: int = 2) -> Path:
-    header = {"model": "toy", "model_fingerprint": "toy", "hook": "layers.0.resid_post", "dtype": "float32",
-              "d_in": D_IN, "context_size": 4, "corpus_fingerprint": "toy", "n_tokens": rows, "shard_contexts": 1,
-              "n_shards": shards}
+    header = {
+        "model": "toy",
+        "model_fingerprint": "toy",
+        "hook": "layers.0.resid_post",
+        "dtype": "float32",
+        "d_in": D_IN,
+        "context_size": 4,
+        "corpus_fingerprint": "toy",
+        "n_tokens": rows,
+        "shard_contexts": 1,
+        "n_shards": shards,
+    }
     writer = StoreWriter(path, header)
     x = torch.randn(rows, D_IN, generator=torch.Generator().manual_seed(0))
     per = rows // shards
     for index in range(shards):
         meta = np.zeros((per, 3), dtype=np.int32)
-        writer.write_shard(index, x[index * per:(index + 1) * per], meta, (index, index + 1))
+        writer.write_shard(index, x[index * per : (index + 1) * per], meta, (index, index + 1))
     writer.finish()
     return path
 
@@ -104,28 +114,45 @@ def test_bad_train_flags(tmp_path, capsys, store, case):
 
 
 def test_numbers_in_scientific_notation_are_numbers(tmp_path, capsys, store):
-    code, err = run_cli(capsys, *TRAIN, "--activations", store, "--out", tmp_path / "r", "--arch", "relu",
-                        "--l1-coefficient", "5e-3", "--lr", "1e-3", "--adam-betas", "0.9,0.99")
+    code, err = run_cli(
+        capsys,
+        *TRAIN,
+        "--activations",
+        store,
+        "--out",
+        tmp_path / "r",
+        "--arch",
+        "relu",
+        "--l1-coefficient",
+        "5e-3",
+        "--lr",
+        "1e-3",
+        "--adam-betas",
+        "0.9,0.99",
+    )
     assert code == 0, err
     cfg = json.loads((tmp_path / "r" / "sae" / "cfg.json").read_text())
     assert cfg["provenance"]["lr"] == 1e-3 and math.isclose(cfg["l1_coefficient"], 5e-3, rel_tol=1)
 
 
-@pytest.mark.parametrize("argv, fragments", [
-    (["run", "--train.lr", "-1"], ["--train.lr", "must be a number > 0"]),
-    (["run", "--train.nonsense", "1"], ["unrecognized arguments: --train.nonsense"]),
-    (["run", "--sae.options", "aux_k=0"], ["aux_k must be an integer >= 1"]),
-    (["run", "--corpus.context_size", "1"], ["--corpus.context_size", ">= 2"]),
-    (["harvest", "--hook", "layers.x.resid_post", "--out", "{tmp}/s"], ["--hook", "unknown hook point"]),
-    (["harvest", "--tokens", "-5", "--out", "{tmp}/s"], ["--tokens", "an integer >= 1"]),
-    (["harvest", "--corpus", "/no/such/texts", "--out", "{tmp}/s"], ["corpus path /no/such/texts does not exist"]),
-    (["sweep", "/no/such/run"], ["is not a run folder"]),
-    (["sweep", "/no/such/run", "--l0s", "-4"], ["--l0s", "a number"]),
-    (["evaluate", "/no/such/run"], ["is not a run folder"]),
-    (["compare", "/no/a", "/no/b"], ["is not an SAE folder"]),
-    (["convert", "/no/sae", "--out", "{tmp}/x"], ["is not an SAE folder"]),
-    (["train", "--activations", "/no/such/store", "--out", "{tmp}/r"], ["not an activation store"]),
-])
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["run", "--train.lr", "-1"], ["--train.lr", "must be a number > 0"]),
+        (["run", "--train.nonsense", "1"], ["unrecognized arguments: --train.nonsense"]),
+        (["run", "--sae.options", "aux_k=0"], ["aux_k must be an integer >= 1"]),
+        (["run", "--corpus.context_size", "1"], ["--corpus.context_size", ">= 2"]),
+        (["harvest", "--hook", "layers.x.resid_post", "--out", "{tmp}/s"], ["--hook", "unknown hook point"]),
+        (["harvest", "--tokens", "-5", "--out", "{tmp}/s"], ["--tokens", "an integer >= 1"]),
+        (["harvest", "--corpus", "/no/such/texts", "--out", "{tmp}/s"], ["corpus path /no/such/texts does not exist"]),
+        (["sweep", "/no/such/run"], ["is not a run folder"]),
+        (["sweep", "/no/such/run", "--l0s", "-4"], ["--l0s", "a number"]),
+        (["evaluate", "/no/such/run"], ["is not a run folder"]),
+        (["compare", "/no/a", "/no/b"], ["is not an SAE folder"]),
+        (["convert", "/no/sae", "--out", "{tmp}/x"], ["is not an SAE folder"]),
+        (["train", "--activations", "/no/such/store", "--out", "{tmp}/r"], ["not an activation store"]),
+    ],
+)
 def test_bad_flags_of_other_commands(tmp_path, capsys, argv, fragments):
     code, err = run_cli(capsys, *[a.format(tmp=tmp_path) for a in argv])
     assert_one_line(code, err, *fragments)
@@ -139,15 +166,18 @@ def test_out_that_is_a_file(tmp_path, capsys, store):
 
 
 # ---- config files ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name, text, fragments", [
-    ("bad.toml", "[train\nsteps = 3\n", ["not valid TOML"]),
-    ("steps.toml", "[train]\nsteps = \"many\"\n", ["[train]", "steps must be an integer >= 1, got 'many'"]),
-    ("section.toml", "[trian]\nsteps = 3\n", ["unknown field(s) ['trian']", "did you mean 'train'"]),
-    ("list.yaml", "- a\n- b\n", ["a table of sections"]),
-    ("bad.json", "{\"train\": ", ["not valid JSON"]),
-    ("binary.toml", None, ["not UTF-8"]),
-    ("huge.yaml", "#" * (2 << 20), ["a run config is a few kilobytes"]),
-])
+@pytest.mark.parametrize(
+    "name, text, fragments",
+    [
+        ("bad.toml", "[train\nsteps = 3\n", ["not valid TOML"]),
+        ("steps.toml", '[train]\nsteps = "many"\n', ["[train]", "steps must be an integer >= 1, got 'many'"]),
+        ("section.toml", "[trian]\nsteps = 3\n", ["unknown field(s) ['trian']", "did you mean 'train'"]),
+        ("list.yaml", "- a\n- b\n", ["a table of sections"]),
+        ("bad.json", '{"train": ', ["not valid JSON"]),
+        ("binary.toml", None, ["not UTF-8"]),
+        ("huge.yaml", "#" * (2 << 20), ["a run config is a few kilobytes"]),
+    ],
+)
 def test_bad_config_files(tmp_path, capsys, name, text, fragments):
     path = tmp_path / name
     path.write_bytes(b"\xff\xfe\x00garbage" if text is None else text.encode())
@@ -187,12 +217,15 @@ def test_nan_rows_in_a_store_with_matching_checksums(tmp_path, capsys):
     assert not (tmp_path / "r" / "sae").exists()
 
 
-@pytest.mark.parametrize("edit, fragments", [
-    (lambda m: m["shards"][0].update(name="../other/shard-00000"), ["must lie inside the store"]),
-    (lambda m: m.update(d_in="big"), ["d_in is 'big'"]),
-    (lambda m: m.update(dtype="int8"), ["dtype is 'int8'"]),
-    (lambda m: m["shards"][1].update(sha256="none"), ["no sha256 checksums"]),
-])
+@pytest.mark.parametrize(
+    "edit, fragments",
+    [
+        (lambda m: m["shards"][0].update(name="../other/shard-00000"), ["must lie inside the store"]),
+        (lambda m: m.update(d_in="big"), ["d_in is 'big'"]),
+        (lambda m: m.update(dtype="int8"), ["dtype is 'int8'"]),
+        (lambda m: m["shards"][1].update(sha256="none"), ["no sha256 checksums"]),
+    ],
+)
 def test_hostile_manifests(tmp_path, capsys, edit, fragments):
     store = make_store(tmp_path / "s")
     manifest = json.loads((store / "manifest.json").read_text())
@@ -244,8 +277,11 @@ def test_checkpoint_with_a_nan_weight(tmp_path, capsys, store):
     cfg = json.loads((checkpoint / "sae" / "cfg.json").read_text())
     cfg["saekit_checksums"]["sae_weights.safetensors"] = sha256_file(weights)
     (checkpoint / "sae" / "cfg.json").write_text(json.dumps(cfg))
-    sums = {str(p.relative_to(checkpoint)): sha256_file(p) for p in checkpoint.rglob("*")
-            if p.is_file() and p.name != "checksums.json"}
+    sums = {
+        str(p.relative_to(checkpoint)): sha256_file(p)
+        for p in checkpoint.rglob("*")
+        if p.is_file() and p.name != "checksums.json"
+    }
     (checkpoint / "checksums.json").write_text(json.dumps(sums))
     code, err = run_cli(capsys, *TRAIN, "--activations", store, "--out", tmp_path / "r", "--checkpoint-every", "1")
     assert_one_line(code, err, "W_dec", "non-finite")
@@ -295,19 +331,26 @@ def edit_cfg(folder: Path, **changes) -> None:
     (folder / "cfg.json").write_text(json.dumps({**cfg, **changes}))
 
 
-@pytest.mark.parametrize("damage, fragments", [
-    (lambda f: edit_cfg(f, d_sae=3_000_000), ["W_dec has shape (32, 16)", "needs (3000000, 16)"]),
-    (lambda f: edit_cfg(f, dtype="int8"), ["dtype must be one of"]),
-    (lambda f: edit_cfg(f, arch="relux"), ["did you mean 'relu'"]),
-    (lambda f: (f / "cfg.json").write_text("{not json"), ["cfg.json is not valid JSON"]),
-    (lambda f: (f / "cfg.json").write_text("#" * (2 << 20)), ["a few kilobytes"]),
-    (lambda f: (f / "sae_weights.safetensors").write_bytes(b"garbage"), ["not a readable safetensors file"]),
-    (lambda f: (f / "sae_weights.safetensors").write_bytes(struct.pack("<Q", 1 << 40) + b"{}"),
-     ["header claims 1,099,511,627,776 bytes"]),
-    (lambda f: (f / "sae_weights.safetensors").write_bytes(
-        (f / "sae_weights.safetensors").read_bytes()[:-10]), ["truncated or damaged"]),
-    (lambda f: (f / "sae_weights.safetensors").unlink(), ["has no sae_weights.safetensors"]),
-])
+@pytest.mark.parametrize(
+    "damage, fragments",
+    [
+        (lambda f: edit_cfg(f, d_sae=3_000_000), ["W_dec has shape (32, 16)", "needs (3000000, 16)"]),
+        (lambda f: edit_cfg(f, dtype="int8"), ["dtype must be one of"]),
+        (lambda f: edit_cfg(f, arch="relux"), ["did you mean 'relu'"]),
+        (lambda f: (f / "cfg.json").write_text("{not json"), ["cfg.json is not valid JSON"]),
+        (lambda f: (f / "cfg.json").write_text("#" * (2 << 20)), ["a few kilobytes"]),
+        (lambda f: (f / "sae_weights.safetensors").write_bytes(b"garbage"), ["not a readable safetensors file"]),
+        (
+            lambda f: (f / "sae_weights.safetensors").write_bytes(struct.pack("<Q", 1 << 40) + b"{}"),
+            ["header claims 1,099,511,627,776 bytes"],
+        ),
+        (
+            lambda f: (f / "sae_weights.safetensors").write_bytes((f / "sae_weights.safetensors").read_bytes()[:-10]),
+            ["truncated or damaged"],
+        ),
+        (lambda f: (f / "sae_weights.safetensors").unlink(), ["has no sae_weights.safetensors"]),
+    ],
+)
 def test_damaged_sae_folders(tmp_path, capsys, sae_folder, damage, fragments):
     damage(sae_folder)
     code, err = run_cli(capsys, "convert", sae_folder, "--out", tmp_path / "converted")
@@ -335,8 +378,10 @@ def test_a_hostile_size_allocates_nothing(tmp_path):
     header alone: the process never grows past what torch itself needs."""
     folder = saekit.create("topk", d_in=576, d_sae=64, k=4).save(tmp_path / "sae")
     edit_cfg(folder, d_sae=3_000_000)
-    child = (f"import resource, saekit\ntry:\n    saekit.load({str(folder)!r})\nexcept saekit.sae.SAELoadError as e:\n"
-             "    print('refused:', e)\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    child = (
+        f"import resource, saekit\ntry:\n    saekit.load({str(folder)!r})\nexcept saekit.sae.SAELoadError as e:\n"
+        "    print('refused:', e)\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    )
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
     assert "refused:" in done.stdout and "needs (3000000, 576)" in done.stdout, done.stderr
     assert int(done.stdout.split()[-1]) < 1500  # MiB; the weights alone would be 13,000
@@ -344,12 +389,28 @@ def test_a_hostile_size_allocates_nothing(tmp_path):
 
 def test_no_traceback_across_the_process_boundary(tmp_path, store):
     """`python -m saekit` itself: a bad value is one line on stderr and exit code 2."""
-    done = subprocess.run([sys.executable, "-m", "saekit", "train", "--activations", str(store), "--out",
-                           str(tmp_path / "r"), "--lr", "-1e-3"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saekit",
+            "train",
+            "--activations",
+            str(store),
+            "--out",
+            str(tmp_path / "r"),
+            "--lr",
+            "-1e-3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         "saekit train: error: argument --lr: must be a number > 0, got '-1e-3' (for example --lr 0.0004) "
-        "(see saekit train --help)"]
+        "(see saekit train --help)"
+    ]
 
 
 # ---- training that diverges, and bugs ------------------------------------------------------------
@@ -360,7 +421,9 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path):
     sae = saekit.create("relu", d_in=D_IN, d_sae=32, l1_coefficient=0.1)
     with torch.no_grad():
         sae.W_enc[0, 0] = float("inf")  # finite data, a weight that is not: step 1's loss is not finite
-    with pytest.raises(NonFiniteError, match=r"step 1: the loss became non-finite \(reconstruction=.*on a finite batch"):
+    with pytest.raises(
+        NonFiniteError, match=r"step 1: the loss became non-finite \(reconstruction=.*on a finite batch"
+    ):
         saekit.train(sae, x, out=tmp_path / "r", steps=10, batch_size=64, progress=False, checkpoint_every=1)
     assert not (tmp_path / "r" / "checkpoint").exists()  # nothing non-finite was saved
 

@@ -1,4 +1,5 @@
 """A bad run configuration fails before any work starts, naming the field and what is allowed."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,13 +11,19 @@ from saekit.app.config import RunConfig, describe_config
 BAD = {
     "unknown field": ("[train]\nstepz = 10\n", "unknown field(s) ['stepz']"),
     "unknown section": ("[trian]\nsteps = 10\n", "unknown field(s) ['trian']"),
-    "wrong type": ("[train]\nsteps = \"many\"\n", "steps must be an integer >= 1, got 'many'"),
-    "bad literal": ("[train]\nprecision = \"fp8\"\n", "precision must be one of 'auto', 'float32', 'bfloat16'"),
-    "negative coefficient": ("[sae]\narch = \"relu\"\nl1_coefficient = -1.0\n", "l1_coefficient must be a number >= 0"),
-    "k larger than d_sae": ("[sae]\narch = \"topk\"\nexpansion = 1\nk = 1000\n", "k must be an integer in [1, d_sae=576]"),
-    "missing corpus": ("[corpus]\npath = \"/no/such/texts\"\n", "[corpus]: path: the corpus '/no/such/texts' does not exist"),
-    "unknown architecture": ("[sae]\narch = \"relux\"\n", "is not an architecture saekit knows (did you mean 'relu'?)"),
-    "bad hook": ("[model]\nhook = \"layers.15.resid_middle\"\n", "[model]: hook: unknown hook point"),
+    "wrong type": ('[train]\nsteps = "many"\n', "steps must be an integer >= 1, got 'many'"),
+    "bad literal": ('[train]\nprecision = "fp8"\n', "precision must be one of 'auto', 'float32', 'bfloat16'"),
+    "negative coefficient": ('[sae]\narch = "relu"\nl1_coefficient = -1.0\n', "l1_coefficient must be a number >= 0"),
+    "k larger than d_sae": (
+        '[sae]\narch = "topk"\nexpansion = 1\nk = 1000\n',
+        "k must be an integer in [1, d_sae=576]",
+    ),
+    "missing corpus": (
+        '[corpus]\npath = "/no/such/texts"\n',
+        "[corpus]: path: the corpus '/no/such/texts' does not exist",
+    ),
+    "unknown architecture": ('[sae]\narch = "relux"\n', "is not an architecture saekit knows (did you mean 'relu'?)"),
+    "bad hook": ('[model]\nhook = "layers.15.resid_middle"\n', "[model]: hook: unknown hook point"),
 }
 
 
@@ -42,7 +49,7 @@ def test_command_line_flags_override_and_are_validated(tmp_path, capsys):
 
 
 def test_yaml_and_toml_read_the_same(tmp_path):
-    (tmp_path / "a.toml").write_text("[sae]\narch = \"jumprelu\"\ntarget_l0 = 20\n[train]\nsteps = 50\n")
+    (tmp_path / "a.toml").write_text('[sae]\narch = "jumprelu"\ntarget_l0 = 20\n[train]\nsteps = 50\n')
     (tmp_path / "a.yaml").write_text("sae:\n  arch: jumprelu\n  target_l0: 20\ntrain:\n  steps: 50\n")
     assert RunConfig.from_file(tmp_path / "a.toml") == RunConfig.from_file(tmp_path / "a.yaml")
 

@@ -1,4 +1,5 @@
 """Corpus reading and tokenising: formats, packing layout, masks, determinism, splits."""
+
 from __future__ import annotations
 
 import json
@@ -154,11 +155,15 @@ def test_unpacked_documents_start_their_own_contexts_and_padding_is_masked():
     corpus = tokenize(docs, CharTokenizer(), context_size=4, pack=False)
     # "abcde" → [BOS abc] [BOS de PAD]; "xy" → [BOS xy PAD]
     assert corpus.tokens.tolist() == [
-        [BOS, *ids("abc")], [BOS, *ids("de"), PAD], [BOS, *ids("xy"), PAD],
+        [BOS, *ids("abc")],
+        [BOS, *ids("de"), PAD],
+        [BOS, *ids("xy"), PAD],
     ]
     assert corpus.doc_ids.tolist() == [[0, 0, 0, 0], [0, 0, 0, -1], [1, 1, 1, -1]]
     assert corpus.train_mask.tolist() == [
-        [False, True, True, True], [False, True, True, False], [False, True, True, False],
+        [False, True, True, True],
+        [False, True, True, False],
+        [False, True, True, False],
     ]
 
 

@@ -1,5 +1,6 @@
 """The CUDA paths: the fused functions and sparse kernels on the GPU, bf16 autocast with
 float32 master weights, fused Adam with exact resume. Skipped where no GPU is visible."""
+
 from __future__ import annotations
 
 import pytest
@@ -58,8 +59,9 @@ def test_bf16_autocast_on_the_gpu_matches_float32(toy_x, arch):
     options = dict(steps=300, batch_size=512, lr=3e-3, progress=False, device="cuda")
     ev = {}
     for precision in ("float32", "bfloat16"):
-        sae = saekit.train(saekit.create(arch, d_in=32, d_sae=128, seed=2, **ARCHS[arch]), toy_x, precision=precision,
-                           **options).sae
+        sae = saekit.train(
+            saekit.create(arch, d_in=32, d_sae=128, seed=2, **ARCHS[arch]), toy_x, precision=precision, **options
+        ).sae
         assert sae.W_dec.dtype == torch.float32 and sae.W_dec.is_cuda
         ev[precision] = saekit.evaluate(sae, toy_x)["explained_variance"]
     assert ev["bfloat16"] == pytest.approx(ev["float32"], abs=0.005)
@@ -68,12 +70,17 @@ def test_bf16_autocast_on_the_gpu_matches_float32(toy_x, arch):
 def test_fused_adam_resumes_exactly_on_the_gpu(toy_x, tmp_path):
     from test_train import InterruptAfter, Interrupted
 
-    options = dict(steps=60, batch_size=256, lr=3e-3, precision="float32", progress=False, checkpoint_every=20,
-                   device="cuda")
+    options = dict(
+        steps=60, batch_size=256, lr=3e-3, precision="float32", progress=False, checkpoint_every=20, device="cuda"
+    )
     whole = saekit.train(saekit.create("topk", d_in=32, d_sae=128, seed=1, k=4), toy_x, out=tmp_path / "a", **options)
     with pytest.raises(Interrupted):
-        saekit.train(saekit.create("topk", d_in=32, d_sae=128, seed=1, k=4), InterruptAfter(toy_x, limit=45),
-                     out=tmp_path / "b", **options)
+        saekit.train(
+            saekit.create("topk", d_in=32, d_sae=128, seed=1, k=4),
+            InterruptAfter(toy_x, limit=45),
+            out=tmp_path / "b",
+            **options,
+        )
     resumed = saekit.train(saekit.create("topk", d_in=32, d_sae=128, seed=9, k=4), toy_x, out=tmp_path / "b", **options)
     # Not bit-exact: CUDA's index_add_ and sparse matmul sum with atomics, in no fixed order.
     for name, tensor in whole.sae.state_for_save().items():

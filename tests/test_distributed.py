@@ -13,6 +13,7 @@ Each launch of 2 processes costs a few seconds of imports, so every launch does 
 checks; the single-process references run in this process with one thread, as the
 workers do.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,16 +34,25 @@ from saekit.data.synthetic import make_toy
 
 WORLD = 2
 TIMEOUT_S = 20.0  # the process group's timeout in the workers
-DP_OPTIONS = dict(steps=40, batch_size=256, lr=3e-3, precision="float32", progress=False, checkpoint_every=10,
-                  log_every=10, normalization_tokens=2048)
+DP_OPTIONS = dict(
+    steps=40,
+    batch_size=256,
+    lr=3e-3,
+    precision="float32",
+    progress=False,
+    checkpoint_every=10,
+    log_every=10,
+    normalization_tokens=2048,
+)
 DP_ARCHS = {"topk": {"k": 3, "dead_tokens": 1500}, "jumprelu": {"target_l0": 3}}
 LIVE_HOOKS = ["layers.0.resid_post", "layers.1.resid_post"]
 LIVE_RUNS = {  # hook -> (arch, SAE options, train options)
     "layers.0.resid_post": ("topk", {"k": 4}, {"seed": 0}),
     "layers.1.resid_post": ("jumprelu", {"target_l0": 4}, {"seed": 1}),
 }
-LIVE_OPTIONS = dict(steps=12, batch_size=32, lr=3e-3, precision="float32", progress=False, normalization_tokens=32,
-                    log_every=4)
+LIVE_OPTIONS = dict(
+    steps=12, batch_size=32, lr=3e-3, precision="float32", progress=False, normalization_tokens=32, log_every=4
+)
 HARVEST_OPTIONS = dict(max_tokens=170, dtype="float32", batch_contexts=2, shard_tokens=48, progress=False)
 
 
@@ -55,8 +65,9 @@ def free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, folder: str, job: str, args: tuple) -> None:
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     from saekit._runtime.distributed import init_distributed_from_env, shutdown
 
     try:
@@ -89,7 +100,9 @@ def launch(folder: Path, job: str, *args, deadline_s: float = 90.0) -> tuple[lis
         else:
             codes.append(p.exitcode)
     seconds = time.monotonic() - started
-    errors = [(folder / f"rank{r}.error").read_text() if (folder / f"rank{r}.error").exists() else "" for r in range(WORLD)]
+    errors = [
+        (folder / f"rank{r}.error").read_text() if (folder / f"rank{r}.error").exists() else "" for r in range(WORLD)
+    ]
     return codes, errors, seconds
 
 
@@ -143,8 +156,9 @@ class KillAt(TensorSource):
         self.kill_rank, self.limit = rank, limit
 
     def batches(self, batch_size, *, seed=0, start=0, rank=0, world_size=1):
-        for served, batch in enumerate(super().batches(batch_size, seed=seed, start=start, rank=rank,
-                                                       world_size=world_size)):
+        for served, batch in enumerate(
+            super().batches(batch_size, seed=seed, start=start, rank=rank, world_size=world_size)
+        ):
             if seed == DP_OPTIONS.get("seed", 0) and rank == self.kill_rank and start + served == self.limit:
                 os._exit(9)
             yield batch
@@ -208,7 +222,9 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes(data_parallel, tmp_pa
 
     (tmp_path / "rank0.error").unlink()
     assert_ok(launch(tmp_path, "job_resumed"))
-    assert_same_weights(load_state(tmp_path / "topk.safetensors"), load_state(data_parallel / "topk.safetensors"), atol=0)
+    assert_same_weights(
+        load_state(tmp_path / "topk.safetensors"), load_state(data_parallel / "topk.safetensors"), atol=0
+    )
 
 
 # ---- a tiny model: harvest by rank, one SAE per hook point per rank --------------------------
@@ -218,8 +234,15 @@ def tiny_model():
     from saekit.data.model import from_hf
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return from_hf(model.eval(), name="tiny-llama")
 
@@ -233,9 +256,13 @@ def tiny_corpus():
     mask = torch.ones(n, t, dtype=torch.bool)
     mask[:, 0] = False
     return TokenizedCorpus(
-        tokens=tokens, doc_ids=torch.arange(n, dtype=torch.int32)[:, None].expand(n, t).clone(),
-        positions=torch.arange(t, dtype=torch.int32).expand(n, t).clone(), train_mask=mask, sources=("synthetic",),
-        options={"context_size": t, "tokenizer": "none"}, fingerprint="0123456789abcdef" * 4,
+        tokens=tokens,
+        doc_ids=torch.arange(n, dtype=torch.int32)[:, None].expand(n, t).clone(),
+        positions=torch.arange(t, dtype=torch.int32).expand(n, t).clone(),
+        train_mask=mask,
+        sources=("synthetic",),
+        options={"context_size": t, "tokenizer": "none"},
+        fingerprint="0123456789abcdef" * 4,
     )
 
 
@@ -243,9 +270,15 @@ def live_runs(loaded, corpus):
     from saekit.training.multi_train import Run, SharedModelPass
 
     shared = SharedModelPass(loaded, corpus, LIVE_HOOKS, contexts_per_chunk=2, window_chunks=2)
-    runs = [Run(hook.replace(".", "_"), saekit.create(arch, d_in=32, d_sae=64, seed=3, **sae_options),
-                shared.source(hook), train_options)
-            for hook, (arch, sae_options, train_options) in LIVE_RUNS.items()]
+    runs = [
+        Run(
+            hook.replace(".", "_"),
+            saekit.create(arch, d_in=32, d_sae=64, seed=3, **sae_options),
+            shared.source(hook),
+            train_options,
+        )
+        for hook, (arch, sae_options, train_options) in LIVE_RUNS.items()
+    ]
     return shared, runs
 
 
@@ -286,7 +319,9 @@ def job_model(ctx: DistContext, folder: Path) -> None:
     else:
         raise AssertionError("the failed harvest did not raise")
     computed = []
-    dh.harvest_shard = lambda loaded, corpus, plan, shard, *a, **k: computed.append(shard) or real(loaded, corpus, plan, shard, *a, **k)
+    dh.harvest_shard = lambda loaded, corpus, plan, shard, *a, **k: (
+        computed.append(shard) or real(loaded, corpus, plan, shard, *a, **k)
+    )
     dh.harvest_distributed(loaded, corpus, LIVE_HOOKS, folder / "store", **HARVEST_OPTIONS)
     dh.harvest_shard = real
     (folder / f"resumed_shards{ctx.rank}.json").write_text(json.dumps(computed))
@@ -334,8 +369,9 @@ def test_two_saes_at_two_hook_points_on_two_ranks_equal_single_runs(model_job):
     loaded, corpus = tiny_model(), tiny_corpus()
     for hook, (arch, sae_options, train_options) in LIVE_RUNS.items():
         live = LiveActivations(loaded, corpus, hook, contexts_per_chunk=2, window_chunks=2)
-        single = saekit.train(saekit.create(arch, d_in=32, d_sae=64, seed=3, **sae_options), live,
-                              **{**LIVE_OPTIONS, **train_options})
+        single = saekit.train(
+            saekit.create(arch, d_in=32, d_sae=64, seed=3, **sae_options), live, **{**LIVE_OPTIONS, **train_options}
+        )
         got = saekit.load(model_job / "multi" / hook.replace(".", "_") / "sae")
         assert_same_weights(got.state_for_save(), single.sae.state_for_save(), atol=1e-5)
 
@@ -369,7 +405,12 @@ def test_grid_names_and_options():
     from saekit.training.multi_train import grid
 
     runs = grid("topk", d_in=16, d_sae=[32, 64], k=[2, 4], lr=1e-3)
-    assert [r.name for r in runs] == ["topk-d_sae_32-k_2", "topk-d_sae_32-k_4", "topk-d_sae_64-k_2", "topk-d_sae_64-k_4"]
+    assert [r.name for r in runs] == [
+        "topk-d_sae_32-k_2",
+        "topk-d_sae_32-k_4",
+        "topk-d_sae_64-k_2",
+        "topk-d_sae_64-k_4",
+    ]
     assert runs[3].sae.d_sae == 64 and runs[3].sae.cfg.k == 4 and runs[3].options == {"lr": 1e-3}
 
 

@@ -1,5 +1,6 @@
 """Harvesting real SmolLM2 activations into stores, resuming, live streams, and the
 end-to-end path corpus → activations → SAE (slow: loads the embedded model)."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,12 @@ def test_store_holds_the_models_activations(smollm2, corpus, tmp_path):
     mask = corpus.train_mask
     assert store.n_tokens == corpus.n_tokens == int(mask.sum()) and store.d_in == 576
     with torch.no_grad():  # the model's own hidden states, in the same batches of 4 contexts
-        hidden = torch.cat([smollm2.model(corpus.tokens[i : i + 4], output_hidden_states=True).hidden_states[16]
-                            for i in range(0, len(corpus), 4)])
+        hidden = torch.cat(
+            [
+                smollm2.model(corpus.tokens[i : i + 4], output_hidden_states=True).hidden_states[16]
+                for i in range(0, len(corpus), 4)
+            ]
+        )
         whole = smollm2.model(corpus.tokens, output_hidden_states=True).hidden_states[16]
     assert torch.equal(store.activations[:], hidden[mask].to(torch.bfloat16))
     # in one batch of 12 the bf16 kernels round differently: equal to bf16 precision
@@ -83,7 +88,9 @@ def test_several_hooks_in_one_pass_and_max_tokens(smollm2, corpus, tmp_path):
 
 
 def test_interrupted_harvest_resumes_where_it_stopped(smollm2, corpus, tmp_path, monkeypatch):
-    reference = harvest(smollm2, corpus, HOOK, tmp_path / "ref", shard_tokens=256, batch_contexts=2, progress=False)[HOOK]
+    reference = harvest(smollm2, corpus, HOOK, tmp_path / "ref", shard_tokens=256, batch_contexts=2, progress=False)[
+        HOOK
+    ]
     calls = {"n": 0}
     real_capture = harvest_module.capture
 

@@ -12,6 +12,7 @@ is known in advance:
 Its unembedding is the identity and its final norm an RMSNorm with unit weight, so the
 logit effects are known too.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,9 +41,17 @@ BEFORE, AFTER = 2, 1
 def toy_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=D, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-                         tie_word_embeddings=False, rms_norm_eps=1e-6)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=D,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+    )
     model = LlamaForCausalLM(config).float()
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(torch.diag(C))
@@ -68,10 +77,14 @@ def toy_corpus() -> TokenizedCorpus:
     tokens = torch.tensor(CONTEXTS)
     n, T = tokens.shape
     return TokenizedCorpus(
-        tokens=tokens, doc_ids=torch.zeros(n, T, dtype=torch.int32),
+        tokens=tokens,
+        doc_ids=torch.zeros(n, T, dtype=torch.int32),
         positions=torch.arange(T, dtype=torch.int32).expand(n, -1).contiguous(),
-        train_mask=(tokens != BOS) & (tokens != SEP), sources=("toy",), options={"context_size": T},
-        fingerprint="toy", context_index=torch.tensor([10, 11, 12, 13]),  # as if split from a larger corpus
+        train_mask=(tokens != BOS) & (tokens != SEP),
+        sources=("toy",),
+        options={"context_size": T},
+        fingerprint="toy",
+        context_index=torch.tensor([10, 11, 12, 13]),  # as if split from a larger corpus
     )
 
 
@@ -96,8 +109,17 @@ def known_window(ctx: int, pos: int, feature: int) -> tuple[list[int], list[floa
 @pytest.fixture(scope="module")
 def stats() -> FeatureStats:
     return collect_feature_stats(
-        toy_sae(), toy_model(), toy_corpus(), n_top=4, n_random=2, window=(BEFORE, AFTER), n_logits=2,
-        batch_contexts=1, hist_range=(0.1, 10.0), bins_per_decade=10, progress=False,
+        toy_sae(),
+        toy_model(),
+        toy_corpus(),
+        n_top=4,
+        n_random=2,
+        window=(BEFORE, AFTER),
+        n_logits=2,
+        batch_contexts=1,
+        hist_range=(0.1, 10.0),
+        bins_per_decade=10,
+        progress=False,
     )
 
 
@@ -141,7 +163,12 @@ def test_top_examples_are_exact_across_batches(stats):
         assert e.tokens[BEFORE] == 5
     # Feature 3 fires everywhere: its top four are tokens 15, 14, 13, 12, in four batches.
     got = stats.top.of(3)
-    assert [(e.context, e.position, e.tokens[BEFORE]) for e in got] == [(13, 1, 15), (11, 6, 14), (10, 4, 13), (13, 7, 12)]
+    assert [(e.context, e.position, e.tokens[BEFORE]) for e in got] == [
+        (13, 1, 15),
+        (11, 6, 14),
+        (10, 4, 13),
+        (13, 7, 12),
+    ]
     assert [e.value for e in got] == pytest.approx([2.5, 2.4, 2.3, 2.2])
     assert got[3].tokens == [5, 11, 12, -1]  # the window stops at the context's end
     assert got[0].tokens == [-1, 0, 15, 2] and got[0].acts == pytest.approx([0.0, 0.0, 2.5, 1.2])  # BOS: no activation
@@ -180,7 +207,9 @@ def test_statistics_round_trip_through_safetensors(stats, tmp_path):
     back = FeatureStats.load(tmp_path)
     assert back.n_tokens == stats.n_tokens and back.meta == stats.meta
     assert back.top.of(3) == stats.top.of(3) and back.random.of(0) == stats.random.of(0)
-    assert torch.equal(back.hist_counts, stats.hist_counts) and torch.equal(back.logits.suppressed, stats.logits.suppressed)
+    assert torch.equal(back.hist_counts, stats.hist_counts) and torch.equal(
+        back.logits.suppressed, stats.logits.suppressed
+    )
     assert back.meta["hook"] == "layers.0.resid_pre" and back.meta["window"] == [BEFORE, AFTER]
     fresh = stats.save(tmp_path / "run" / "features")  # a new folder appears complete, or not at all
     assert fresh == tmp_path / "run" / "features" / "feature_stats.safetensors"

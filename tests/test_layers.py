@@ -1,6 +1,7 @@
 """The package's layers, read from its imports (every import statement, at module level
 or inside a function): each layer imports only the layers below it, and no two modules
 import each other, directly or round a cycle."""
+
 from __future__ import annotations
 
 import ast
@@ -65,8 +66,9 @@ def test_every_module_belongs_to_a_layer():
 @pytest.mark.parametrize("name", sorted(GRAPH))
 def test_imports_run_downwards(name):
     upward = sorted(target for target in GRAPH[name] if layer(target) > layer(name))
-    assert not upward, f"{name} ({LAYERS[layer(name)] if layer(name) < len(LAYERS) else 'front door'}) imports " \
-                       f"upward: {upward}"
+    assert not upward, (
+        f"{name} ({LAYERS[layer(name)] if layer(name) < len(LAYERS) else 'front door'}) imports upward: {upward}"
+    )
 
 
 def test_no_import_cycles():
@@ -80,7 +82,7 @@ def test_no_import_cycles():
             if target == name or _is_parent_package(target, name):
                 continue  # a module importing its own package's __init__ is resolved by Python, and counted below
             if state.get(target) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(target):] + [target]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(target) :] + [target]))
             if target not in state:
                 visit(target)
         stack.pop()
@@ -90,8 +92,12 @@ def test_no_import_cycles():
         if name not in state:
             visit(name)
     # and no module imports its own package (whose __init__ imports the module back)
-    offenders = sorted(f"{name} -> {target}" for name, targets in GRAPH.items() for target in targets
-                       if _is_parent_package(target, name) and name in GRAPH[target])
+    offenders = sorted(
+        f"{name} -> {target}"
+        for name, targets in GRAPH.items()
+        for target in targets
+        if _is_parent_package(target, name) and name in GRAPH[target]
+    )
     assert not offenders, offenders
 
 

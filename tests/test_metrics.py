@@ -1,4 +1,5 @@
 """saekit.evaluate against the definitions written out independently here."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,7 +27,7 @@ def test_metrics_match_their_definitions():
     assert m["mse"] == pytest.approx(float(((x - x_hat) ** 2).mean()), rel=1e-5)
     assert m["fvu"] == pytest.approx(float(fvu), rel=1e-5)
     assert m["explained_variance"] == pytest.approx(1 - float(fvu), rel=1e-5)
-    gamma = float((x_hat ** 2).sum() / (x * x_hat).sum())
+    gamma = float((x_hat**2).sum() / (x * x_hat).sum())
     assert m["relative_reconstruction_bias"] == pytest.approx(gamma, rel=1e-5)
     frequency = (f > 0).float().mean(0)
     torch.testing.assert_close(m["feature_frequency"], frequency)

@@ -5,6 +5,7 @@ forward hooks placed here, by hand, on the modules that produce them; and the id
 resid_post = resid_pre + attn_out + mlp_out. Tiny random models cover every family
 quickly; SmolLM2 and Gemma 3 270M check the same on real weights (slow).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -42,17 +43,29 @@ def tiny_model(model_type: str) -> LoadedModel:
     import transformers
 
     torch.manual_seed(0)
-    common = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    common = dict(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     configs = {
         "llama": lambda: transformers.LlamaConfig(**common),
         "qwen2": lambda: transformers.Qwen2Config(**common),
         "mistral": lambda: transformers.MistralConfig(**common),
         "gemma3_text": lambda: transformers.Gemma3TextConfig(**common, head_dim=8, sliding_window=8),
         "gpt2": lambda: transformers.GPT2Config(vocab_size=128, n_embd=32, n_layer=4, n_head=4, n_positions=64),
-        "gpt_neox": lambda: transformers.GPTNeoXConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
-                                                       num_hidden_layers=4, num_attention_heads=4,
-                                                       max_position_embeddings=64),
+        "gpt_neox": lambda: transformers.GPTNeoXConfig(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+        ),
     }
     model = transformers.AutoModelForCausalLM.from_config(configs[model_type](), dtype=torch.float32)
     return from_hf(model, name=f"tiny-{model_type}")
@@ -64,8 +77,12 @@ def reference(loaded: LoadedModel, input_ids: torch.Tensor, layer: int) -> dict[
     block = loaded.model.get_submodule(blocks)[layer]
     got = {}
     handles = [
-        block.get_submodule(attn).register_forward_hook(lambda m, a, out: got.__setitem__("attn_out", out[0] if isinstance(out, tuple) else out)),
-        block.get_submodule(mlp).register_forward_hook(lambda m, a, out: got.__setitem__("mlp_out", out[0] if isinstance(out, tuple) else out)),
+        block.get_submodule(attn).register_forward_hook(
+            lambda m, a, out: got.__setitem__("attn_out", out[0] if isinstance(out, tuple) else out)
+        ),
+        block.get_submodule(mlp).register_forward_hook(
+            lambda m, a, out: got.__setitem__("mlp_out", out[0] if isinstance(out, tuple) else out)
+        ),
     ]
     try:
         with torch.no_grad():

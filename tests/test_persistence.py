@@ -1,4 +1,5 @@
 """Save/load round trips, clear errors on broken folders, and exact conversion to JumpReLU."""
+
 from __future__ import annotations
 
 import json
@@ -49,10 +50,21 @@ def test_saelens_tensor_names_and_layouts(tmp_path):
     random_sae("gated").save(tmp_path / "gated")
     tensors = load_file(str(tmp_path / "gated" / "sae_weights.safetensors"))
     assert {name: tuple(t.shape) for name, t in tensors.items()} == {
-        "W_enc": (10, 30), "W_dec": (30, 10), "b_dec": (10,), "b_gate": (30,), "r_mag": (30,), "b_mag": (30,),
+        "W_enc": (10, 30),
+        "W_dec": (30, 10),
+        "b_dec": (10,),
+        "b_gate": (30,),
+        "r_mag": (30,),
+        "b_mag": (30,),
     }
     random_sae("jumprelu").save(tmp_path / "jumprelu")
-    assert set(load_file(str(tmp_path / "jumprelu" / "sae_weights.safetensors"))) == {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"}
+    assert set(load_file(str(tmp_path / "jumprelu" / "sae_weights.safetensors"))) == {
+        "W_enc",
+        "b_enc",
+        "W_dec",
+        "b_dec",
+        "threshold",
+    }
 
 
 def test_save_refuses_to_overwrite(tmp_path):
@@ -92,17 +104,20 @@ def test_missing_tensor_is_a_clear_error(tmp_path):
         saekit.load(tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"arch": "relux"}, "not an architecture"),
-    ({"k": 0}, "k must be"),
-    ({"k": 31}, "k must be"),
-    ({"l1_coefficient": -1.0, "arch": "relu", "k": None}, "l1_coefficient must be"),
-    ({"arch": "relu", "k": None}, "needs a sparsity level"),
-    ({"l1_coefficient": 1.0}, "does not apply"),
-    ({"decoder_norm": "weighted"}, "decoder_norm does not apply"),
-    ({"dtype": "int8"}, "dtype must be one of"),
-    ({"d_sae": "many"}, "d_sae must be an integer"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"arch": "relux"}, "not an architecture"),
+        ({"k": 0}, "k must be"),
+        ({"k": 31}, "k must be"),
+        ({"l1_coefficient": -1.0, "arch": "relu", "k": None}, "l1_coefficient must be"),
+        ({"arch": "relu", "k": None}, "needs a sparsity level"),
+        ({"l1_coefficient": 1.0}, "does not apply"),
+        ({"decoder_norm": "weighted"}, "decoder_norm does not apply"),
+        ({"dtype": "int8"}, "dtype must be one of"),
+        ({"d_sae": "many"}, "d_sae must be an integer"),
+    ],
+)
 def test_invalid_options_name_the_field(bad, message):
     options = {"arch": "topk", "d_in": 10, "d_sae": 30, "k": 3, **bad}
     with pytest.raises(ConfigError, match=message):

@@ -1,5 +1,6 @@
 """`saekit run` interrupted at any stage, by SIGKILL or SIGINT, completes when run again,
 without redoing finished stages and without corrupting any output."""
+
 from __future__ import annotations
 
 import json
@@ -13,17 +14,42 @@ from pathlib import Path
 import pytest
 
 FLAGS = [
-    "--harvest.tokens", "4096", "--harvest.shard_tokens", "1024", "--corpus.context_size", "64",
-    "--sae.expansion", "2", "--sae.k", "8",
-    "--train.steps", "40", "--train.batch_size", "256", "--train.log_every", "2", "--train.checkpoint_every", "4",
-    "--evaluate.tokens", "512", "--interpret.tokens", "1024", "--interpret.n_top", "4",
+    "--harvest.tokens",
+    "4096",
+    "--harvest.shard_tokens",
+    "1024",
+    "--corpus.context_size",
+    "64",
+    "--sae.expansion",
+    "2",
+    "--sae.k",
+    "8",
+    "--train.steps",
+    "40",
+    "--train.batch_size",
+    "256",
+    "--train.log_every",
+    "2",
+    "--train.checkpoint_every",
+    "4",
+    "--evaluate.tokens",
+    "512",
+    "--interpret.tokens",
+    "1024",
+    "--interpret.n_top",
+    "4",
 ]
 
 
 def start(out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "saekit", "run", "--out", str(out), *FLAGS],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "saekit", "run", "--out", str(out), *FLAGS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def read_until(process: subprocess.Popen, predicate, timeout: float = 600) -> list[str]:

@@ -1,5 +1,6 @@
 """Every architecture's loss and gradients against a plain-PyTorch reference written
 here from the papers' formulas, on random inputs and random parameters."""
+
 from __future__ import annotations
 
 import pytest
@@ -208,7 +209,9 @@ def _batch_topk_by_definition(z, k):
     return {(t, i): float(z[t, i]) for t, i in torch.nonzero((z.float() >= tau) & (z > 0)).tolist()}
 
 
-@pytest.mark.parametrize("case", ["random", "sample_sees_only_large", "sample_sees_only_small", "few_positive", "odd_size"])
+@pytest.mark.parametrize(
+    "case", ["random", "sample_sees_only_large", "sample_sees_only_small", "few_positive", "odd_size"]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_batch_topk_selection_does_not_depend_on_its_threshold_estimate(case, dtype):
     """The threshold is estimated from a strided sample; where the sample misleads (the

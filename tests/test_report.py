@@ -6,6 +6,7 @@ bytes on file descriptors 3 and 4), so no extra Python package is needed. The te
 collect console errors, uncaught exceptions and JavaScript dialogs, read the rendered
 DOM text, and save screenshots of the overview and of a feature page.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,13 +49,24 @@ class Chromium:
     """Headless Chromium with the DevTools protocol on a pipe."""
 
     def __init__(self, user_data_dir: Path) -> None:
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-                 f"--user-data-dir={user_data_dir}", "--remote-debugging-pipe"]
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-extensions",
+            f"--user-data-dir={user_data_dir}",
+            "--remote-debugging-pipe",
+        ]
         # fd 3: what Chromium reads (our stdin pipe); fd 4: what it writes (our stdout pipe).
         self.process = subprocess.Popen(
             ["sh", "-c", 'exec "$@" 3<&0 4>&1 0</dev/null 1>/dev/null', "sh", CHROMIUM, *flags],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         self.buffer = b""
         self.next_id = 0
@@ -121,16 +133,20 @@ class Page:
         self.session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             browser.send(f"{domain}.enable", session=self.session)
-        browser.send("Emulation.setDeviceMetricsOverride",
-                     {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=self.session)
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=self.session,
+        )
 
     def goto(self, url: str) -> None:
         self.browser.send("Page.navigate", {"url": url}, session=self.session)
         self.browser.wait_for("Page.loadEventFired", self.session)
 
     def evaluate(self, expression: str):
-        result = self.browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
-                                   session=self.session)
+        result = self.browser.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=self.session
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -193,16 +209,30 @@ def assert_real_png(path: Path, width: int) -> None:
 # ---- the toy report -------------------------------------------------------------------------
 
 
-TOY_METRICS = {"model": "toy", "hook": "layers.0.resid_pre", "ce_clean": 2.0, "ce_sae": 2.2, "ce_zero_ablation": 5.0,
-               "ce_mean_ablation": 3.1, "loss_recovered": 0.9333, "loss_recovered_mean_ablation": 0.8182,
-               "delta_lm_loss": 0.2, "kl_div": 0.15, "l0": 2.3, "fvu": 0.1, "explained_variance": 0.9,
-               "dead_fraction": 0.25, "n_tokens": 27}
+TOY_METRICS = {
+    "model": "toy",
+    "hook": "layers.0.resid_pre",
+    "ce_clean": 2.0,
+    "ce_sae": 2.2,
+    "ce_zero_ablation": 5.0,
+    "ce_mean_ablation": 3.1,
+    "loss_recovered": 0.9333,
+    "loss_recovered_mean_ablation": 0.8182,
+    "delta_lm_loss": 0.2,
+    "kl_div": 0.15,
+    "l0": 2.3,
+    "fvu": 0.1,
+    "explained_variance": 0.9,
+    "dead_fraction": 0.25,
+    "n_tokens": 27,
+}
 
 
 @pytest.fixture(scope="module")
 def toy_report(tmp_path_factory):
-    stats = collect_feature_stats(toy_sae(), toy_model(), toy_corpus(), n_top=4, n_random=2, window=(2, 1),
-                                  batch_contexts=2, progress=False)
+    stats = collect_feature_stats(
+        toy_sae(), toy_model(), toy_corpus(), n_top=4, n_random=2, window=(2, 1), batch_contexts=2, progress=False
+    )
     out = tmp_path_factory.mktemp("report")
     return write_report(out, toy_sae(), stats, TOY_METRICS, ToyTokenizer(), shard_size=2), stats
 
@@ -240,11 +270,14 @@ def test_dashboard_renders_in_chromium_without_errors(toy_report, browser, tmp_p
     assert_real_png(shot, 1280)
 
     # Search by a top token: only feature 1 (which fires on the <img> token) remains.
-    page.evaluate("const s = document.getElementById('search'); s.value = 'onerror'; "
-                  "s.dispatchEvent(new Event('input')); true")
+    page.evaluate(
+        "const s = document.getElementById('search'); s.value = 'onerror'; s.dispatchEvent(new Event('input')); true"
+    )
     links = page.evaluate("[...document.querySelectorAll('#feature-table tbody a')].map(a => a.textContent)")
     assert links == ["#1"]
-    page.evaluate("const t = document.getElementById('search'); t.value = '#3'; t.dispatchEvent(new Event('input')); true")
+    page.evaluate(
+        "const t = document.getElementById('search'); t.value = '#3'; t.dispatchEvent(new Event('input')); true"
+    )
     assert page.evaluate("[...document.querySelectorAll('#feature-table tbody a')].map(a => a.textContent)") == ["#3"]
 
     # A feature page: contexts coloured by activation, with the value on hover.
@@ -254,9 +287,13 @@ def test_dashboard_renders_in_chromium_without_errors(toy_report, browser, tmp_p
     for expected in ("Top activations", "Random firings", "Promotes", "Suppresses", "firing frequency"):
         assert expected.lower() in text.lower(), expected  # headings are upper-cased by CSS
     assert SCRIPT in text
-    centres = page.evaluate("[...document.querySelectorAll('.ctx span.centre')].map(s => [s.textContent, s.title, s.style.backgroundColor])")
+    centres = page.evaluate(
+        "[...document.querySelectorAll('.ctx span.centre')].map(s => [s.textContent, s.title, s.style.backgroundColor])"
+    )
     assert len(centres) == len(stats.top.of(0)) + len(stats.random.of(0))
-    assert all(text == SCRIPT and "activation 1.5" in title and "255, 120, 20" in colour for text, title, colour in centres)
+    assert all(
+        text == SCRIPT and "activation 1.5" in title and "255, 120, 20" in colour for text, title, colour in centres
+    )
     assert page.evaluate("document.querySelectorAll('.histogram rect.bar').length") >= 1
     shot = page.screenshot(tmp_path / "feature.png")
     assert_real_png(shot, 1280)
@@ -270,8 +307,10 @@ def test_dashboard_renders_in_chromium_without_errors(toy_report, browser, tmp_p
 
     # Nothing from the corpus ran: no dialog, no handler, only the dashboard's own scripts.
     assert page.evaluate("window.__pwned === undefined")
-    assert page.evaluate("[...document.scripts].every(s => s.type === 'application/json' || "
-                         "/assets\\/feature\\.js$|data\\/shard-\\d{4}\\.js$/.test(s.src))")
+    assert page.evaluate(
+        "[...document.scripts].every(s => s.type === 'application/json' || "
+        "/assets\\/feature\\.js$|data\\/shard-\\d{4}\\.js$/.test(s.src))"
+    )
     assert page.problems() == []
     _keep_screenshots(tmp_path)
 
@@ -321,8 +360,10 @@ def test_dashboard_of_smollm2_features(smollm2, browser, tmp_path):
     import saekit
     from saekit.data.corpus import Document, tokenize
 
-    text = ("ROMEO. But soft, what light through yonder window breaks? It is the east, and Juliet is the sun. "
-            f"Arise, fair sun, and kill the envious moon. {SCRIPT} <b>bold</b> & more. " * 3)
+    text = (
+        "ROMEO. But soft, what light through yonder window breaks? It is the east, and Juliet is the sun. "
+        f"Arise, fair sun, and kill the envious moon. {SCRIPT} <b>bold</b> & more. " * 3
+    )
     corpus = tokenize([Document(text, "test")], smollm2.tokenizer, 48, max_contexts=3)
     sae = saekit.create("topk", d_in=smollm2.d_model, d_sae=32, k=4, seed=0).eval()
     sae.cfg.hook = "layers.15.resid_post"

@@ -1,6 +1,7 @@
 """A folder saekit writes is a contract: one writer at a time, a rerun resumes only what
 the same settings would make, --overwrite deletes only what saekit wrote, and one seed
 gives one SAE whichever command made it."""
+
 from __future__ import annotations
 
 import json
@@ -97,8 +98,9 @@ def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, store):
     out = tmp_path / "r"
     command = [sys.executable, "-m", "saekit", *TRAIN, "--activations", str(store), "--out", str(out), "--k", "4"]
     command[command.index("--steps") + 1] = "100000"
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "train" / "train_log.jsonl").exists():
@@ -123,13 +125,46 @@ def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, store):
 def test_one_seed_one_sae_from_train_run_and_sweep(tmp_path, capsys):
     """The same SAE settings and seed give bit-identical weights through `saekit run`,
     `saekit train` on the run's store, and `saekit sweep`; another seed gives others."""
-    small = ["--harvest.tokens", "4096", "--corpus.context_size", "64", "--sae.expansion", "2", "--sae.k", "8",
-             "--train.steps", "20", "--train.batch_size", "256", "--train.seed", "1", "--evaluate.tokens", "512",
-             "--interpret.tokens", "1024", "--interpret.n_top", "4"]
+    small = [
+        "--harvest.tokens",
+        "4096",
+        "--corpus.context_size",
+        "64",
+        "--sae.expansion",
+        "2",
+        "--sae.k",
+        "8",
+        "--train.steps",
+        "20",
+        "--train.batch_size",
+        "256",
+        "--train.seed",
+        "1",
+        "--evaluate.tokens",
+        "512",
+        "--interpret.tokens",
+        "1024",
+        "--interpret.n_top",
+        "4",
+    ]
     run = tmp_path / "run"
     assert main(["run", "--out", str(run), *small]) == 0
-    flags = ["--activations", str(run / "store"), "--arch", "topk", "--expansion", "2", "--k", "8", "--steps", "20",
-             "--batch-size", "256", "--progress", "false"]
+    flags = [
+        "--activations",
+        str(run / "store"),
+        "--arch",
+        "topk",
+        "--expansion",
+        "2",
+        "--k",
+        "8",
+        "--steps",
+        "20",
+        "--batch-size",
+        "256",
+        "--progress",
+        "false",
+    ]
     assert main(["train", *flags, "--seed", "1", "--out", str(tmp_path / "t1")]) == 0
     assert main(["train", *flags, "--seed", "2", "--out", str(tmp_path / "t2")]) == 0
     assert main(["sweep", str(run), "--archs", "topk", "--l0s", "8", "--steps", "20"]) == 0

@@ -7,6 +7,7 @@ reconstruction b + a of x = 1 comes out at 1 − c/2 whatever b is). Architectur
 penalty does not act on magnitudes (gated, JumpReLU, TopK) reconstruct it as 1, and so
 does a ReLU SAE after fit_scale.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -39,8 +40,17 @@ def make_1d(arch: str, **options) -> saekit.SparseAutoencoder:
 
 
 def train_1d(sae, x):
-    return saekit.train(sae, x, steps=1500, batch_size=512, lr=0.01, precision="float32", progress=False,
-                        sparsity_warmup_fraction=0.0, lr_warmup_fraction=0.0).sae
+    return saekit.train(
+        sae,
+        x,
+        steps=1500,
+        batch_size=512,
+        lr=0.01,
+        precision="float32",
+        progress=False,
+        sparsity_warmup_fraction=0.0,
+        lr_warmup_fraction=0.0,
+    ).sae
 
 
 def reconstruction_of_one(sae) -> float:
@@ -64,7 +74,12 @@ def test_relu_shrinks_to_one_minus_half_c_and_fit_scale_removes_it(c):
 
 @pytest.mark.parametrize(
     "arch, options",
-    [("gated", {"l1_coefficient": 0.5}), ("jumprelu", {"l0_coefficient": 0.5}), ("topk", {"k": 1}), ("batchtopk", {"k": 1})],
+    [
+        ("gated", {"l1_coefficient": 0.5}),
+        ("jumprelu", {"l0_coefficient": 0.5}),
+        ("topk", {"k": 1}),
+        ("batchtopk", {"k": 1}),
+    ],
 )
 def test_other_architectures_do_not_shrink(arch, options):
     x = binary_feature()

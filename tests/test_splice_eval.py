@@ -1,6 +1,7 @@
 """Evaluation inside the model (saekit.evaluation.splice), checked against a hand-written splice:
 a forward hook on the decoder block that replaces its output, and cross-entropy, KL and
 loss recovered written out from their definitions."""
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,15 @@ def tiny_llama(seed: int = 0):
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=BOS, eos_token_id=1,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=BOS,
+        eos_token_id=1,
     )
     return from_hf(LlamaForCausalLM(config).float(), name="tiny-llama")
 
@@ -40,9 +48,12 @@ def toy_corpus(n_contexts: int = 5, context_size: int = 12, seed: int = 0) -> To
     tokens[:, context_size // 2] = 1
     mask = (tokens != BOS) & (tokens != 1)
     return TokenizedCorpus(
-        tokens=tokens, doc_ids=torch.zeros_like(tokens, dtype=torch.int32),
+        tokens=tokens,
+        doc_ids=torch.zeros_like(tokens, dtype=torch.int32),
         positions=torch.arange(context_size, dtype=torch.int32).expand(n_contexts, -1).contiguous(),
-        train_mask=mask, sources=("toy",), options={"context_size": context_size, "pack": True},
+        train_mask=mask,
+        sources=("toy",),
+        options={"context_size": context_size, "pack": True},
         fingerprint=f"toy-{seed}",
     )
 
@@ -58,6 +69,7 @@ def toy_sae(d_in: int = 32, d_sae: int = 64, k: int = 4):
 
 def hand_spliced_log_probs(model, block, tokens, mask, replace=None):
     """log p over the vocabulary with block's output replaced by replace(h) at mask."""
+
     def hook(module, args, output):
         h = output[0] if isinstance(output, tuple) else output
         new = torch.where(mask[..., None], replace(h).to(h.dtype), h)
@@ -90,10 +102,13 @@ def reference(model, block, corpus, sae, hook_layer):
     spliced = hand_spliced_log_probs(model, block, tokens, mask, lambda h: sae(h.float()))
     kl = float((clean.exp() * (clean - spliced)).sum(-1)[scored].mean())
     return {
-        "ce_clean": ce(clean), "ce_sae": ce(spliced),
+        "ce_clean": ce(clean),
+        "ce_sae": ce(spliced),
         "ce_zero_ablation": ce(hand_spliced_log_probs(model, block, tokens, mask, torch.zeros_like)),
         "ce_mean_ablation": ce(hand_spliced_log_probs(model, block, tokens, mask, lambda h: mean.expand_as(h))),
-        "kl_div": kl, "n_predictions": int(scored.sum()), "activations": hidden[mask].float(),
+        "kl_div": kl,
+        "n_predictions": int(scored.sum()),
+        "activations": hidden[mask].float(),
     }
 
 
@@ -110,9 +125,11 @@ def test_spliced_cross_entropy_matches_a_hand_written_splice(tiny):
         assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7), key
     assert got["n_predictions"] == want["n_predictions"]
     assert got["loss_recovered"] == pytest.approx(
-        (want["ce_zero_ablation"] - want["ce_sae"]) / (want["ce_zero_ablation"] - want["ce_clean"]), rel=1e-5)
+        (want["ce_zero_ablation"] - want["ce_sae"]) / (want["ce_zero_ablation"] - want["ce_clean"]), rel=1e-5
+    )
     assert got["loss_recovered_mean_ablation"] == pytest.approx(
-        (want["ce_mean_ablation"] - want["ce_sae"]) / (want["ce_mean_ablation"] - want["ce_clean"]), rel=1e-5)
+        (want["ce_mean_ablation"] - want["ce_sae"]) / (want["ce_mean_ablation"] - want["ce_clean"]), rel=1e-5
+    )
     assert got["delta_lm_loss"] == pytest.approx(want["ce_sae"] - want["ce_clean"], rel=1e-5, abs=1e-6)
     # The splice changed something (a test of nothing would pass the checks above too).
     assert got["ce_sae"] != pytest.approx(got["ce_clean"], abs=1e-3)
@@ -124,8 +141,9 @@ def test_special_tokens_keep_their_activation(tiny):
     corpus, sae = toy_corpus(), toy_sae()
     got = evaluate_in_model(sae, tiny, corpus, batch_contexts=5, progress=False)
     everywhere = torch.ones_like(corpus.train_mask)
-    logp = hand_spliced_log_probs(tiny.model, tiny.model.model.layers[LAYER], corpus.tokens, everywhere,
-                                  lambda h: sae(h.float()))
+    logp = hand_spliced_log_probs(
+        tiny.model, tiny.model.model.layers[LAYER], corpus.tokens, everywhere, lambda h: sae(h.float())
+    )
     scored = corpus.train_mask.clone()
     scored[:, -1] = False
     wrong = float(-logp[scored].gather(1, corpus.tokens[:, 1:][scored[:, :-1]][:, None]).mean())
@@ -138,8 +156,16 @@ def test_activation_metrics_are_saekit_evaluate_on_the_same_tokens(tiny):
     acts = reference(tiny.model, tiny.model.model.layers[LAYER], corpus, sae, LAYER)["activations"]
     want = saekit.evaluate(sae, acts)
     assert got["n_tokens"] == int(corpus.train_mask.sum()) == want["n_tokens"]
-    for key in ("l0", "l1", "mse", "fvu", "explained_variance", "dead_fraction", "dense_fraction",
-                "relative_reconstruction_bias"):
+    for key in (
+        "l0",
+        "l1",
+        "mse",
+        "fvu",
+        "explained_variance",
+        "dead_fraction",
+        "dense_fraction",
+        "relative_reconstruction_bias",
+    ):
         assert got[key] == pytest.approx(want[key], rel=1e-5), key
     torch.testing.assert_close(got["feature_frequency"], want["feature_frequency"])
 
@@ -196,8 +222,16 @@ def test_inputs_are_checked_at_the_boundary(tiny):
 
 
 def test_metrics_json_round_trips_and_the_table_prints(tmp_path):
-    metrics = {"hook": HOOK, "model": "m", "ce_clean": 2.0, "ce_sae": 2.5, "loss_recovered": float("nan"),
-               "l0": 12.5, "n_tokens": 1000, "feature_frequency": torch.tensor([0.0, 0.25])}
+    metrics = {
+        "hook": HOOK,
+        "model": "m",
+        "ce_clean": 2.0,
+        "ce_sae": 2.5,
+        "loss_recovered": float("nan"),
+        "l0": 12.5,
+        "n_tokens": 1000,
+        "feature_frequency": torch.tensor([0.0, 0.25]),
+    }
     path = write_metrics(tmp_path / "metrics.json", metrics)
     back = read_metrics(path)
     assert back["feature_frequency"] == [0.0, 0.25] and back["loss_recovered"] is None

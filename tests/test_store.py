@@ -1,5 +1,6 @@
 """Activation store and shuffle buffer on synthetic data: exact round trips, damage
 detection, resumable writes, deterministic rank-independent batches, bounded memory."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,16 @@ D_IN = 8
 
 def header(n_tokens: int, n_shards: int, dtype: str = "float32", d_in: int = D_IN) -> dict:
     return {
-        "model": "test", "model_fingerprint": "f00d", "hook": "layers.0.resid_post", "dtype": dtype, "d_in": d_in,
+        "model": "test",
+        "model_fingerprint": "f00d",
+        "hook": "layers.0.resid_post",
+        "dtype": dtype,
+        "d_in": d_in,
         "context_size": 4,
-        "corpus_fingerprint": "abc", "n_tokens": n_tokens, "shard_contexts": 1, "n_shards": n_shards,
+        "corpus_fingerprint": "abc",
+        "n_tokens": n_tokens,
+        "shard_contexts": 1,
+        "n_shards": n_shards,
     }
 
 
@@ -122,7 +130,9 @@ def test_unfinished_store_cannot_be_opened_but_resumes(tmp_path):
     assert torch.equal(resumed.finish().activations[:], acts)
     # another identity is refused, with the difference shown
     other = {**header(90, 3), "hook": "layers.1.resid_post"}
-    with pytest.raises(FolderError, match=r"other settings \(hook: \"layers.0.resid_post\" -> \"layers.1.resid_post\"\).*--overwrite"):
+    with pytest.raises(
+        FolderError, match=r"other settings \(hook: \"layers.0.resid_post\" -> \"layers.1.resid_post\"\).*--overwrite"
+    ):
         StoreWriter(tmp_path / "s", other)
 
 

@@ -1,4 +1,5 @@
 """`saekit sweep` and `saekit compare` on a small real run (SmolLM2, Shakespeare)."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,24 @@ from saekit.app.cli import main
 from saekit.evaluation.compare import compare
 
 SMALL_RUN = [
-    "--harvest.tokens", "4096", "--corpus.context_size", "64", "--sae.expansion", "2", "--sae.k", "8",
-    "--train.steps", "30", "--train.batch_size", "256", "--evaluate.tokens", "512",
-    "--interpret.tokens", "1024", "--interpret.n_top", "4",
+    "--harvest.tokens",
+    "4096",
+    "--corpus.context_size",
+    "64",
+    "--sae.expansion",
+    "2",
+    "--sae.k",
+    "8",
+    "--train.steps",
+    "30",
+    "--train.batch_size",
+    "256",
+    "--evaluate.tokens",
+    "512",
+    "--interpret.tokens",
+    "1024",
+    "--interpret.n_top",
+    "4",
 ]
 
 

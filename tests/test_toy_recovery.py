@@ -1,6 +1,7 @@
 """Every architecture learns the true dictionary of toy data in superposition
 (n = 32 dimensions, 128 true directions, expected L0 = 4), relu shows shrinkage and the
 others do not, and target_l0 lands within 10% of its target."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,7 +38,12 @@ def test_recovers_true_directions(toy, arch):
     saekit.train(sae, train_x, steps=1500, batch_size=1024, lr=3e-3, precision="float32", progress=False)
     metrics = saekit.evaluate(sae, eval_x)
     found = recovery(sae.W_dec, dictionary.directions)
-    RESULTS[arch] = {**found, "l0": metrics["l0"], "gamma": metrics["relative_reconstruction_bias"], "fvu": metrics["fvu"]}
+    RESULTS[arch] = {
+        **found,
+        "l0": metrics["l0"],
+        "gamma": metrics["relative_reconstruction_bias"],
+        "fvu": metrics["fvu"],
+    }
     print(arch, RESULTS[arch])
     assert found["fraction_recovered"] >= 0.95
     assert metrics["l0"] == pytest.approx(TARGET_L0, rel=0.10)

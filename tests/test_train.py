@@ -1,4 +1,5 @@
 """The trainer: exact resume, schedules, bf16 autocast, refusal to clobber a run."""
+
 from __future__ import annotations
 
 import json
@@ -47,20 +48,30 @@ RESUME_CASES = {
 
 @pytest.mark.parametrize("arch", list(RESUME_CASES))
 def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, toy_x, arch):
-    options = dict(steps=60, batch_size=256, lr=3e-3, precision="float32", progress=False, checkpoint_every=20, log_every=10)
-    whole = saekit.train(saekit.create(arch, d_in=16, d_sae=64, seed=1, **RESUME_CASES[arch]), toy_x, out=tmp_path / "a", **options)
+    options = dict(
+        steps=60, batch_size=256, lr=3e-3, precision="float32", progress=False, checkpoint_every=20, log_every=10
+    )
+    whole = saekit.train(
+        saekit.create(arch, d_in=16, d_sae=64, seed=1, **RESUME_CASES[arch]), toy_x, out=tmp_path / "a", **options
+    )
 
     with pytest.raises(Interrupted):
         # Interrupted after 45 steps: the resume restarts from the checkpoint of step 40.
-        saekit.train(saekit.create(arch, d_in=16, d_sae=64, seed=1, **RESUME_CASES[arch]),
-                     InterruptAfter(toy_x, limit=45), out=tmp_path / "b", **options)
+        saekit.train(
+            saekit.create(arch, d_in=16, d_sae=64, seed=1, **RESUME_CASES[arch]),
+            InterruptAfter(toy_x, limit=45),
+            out=tmp_path / "b",
+            **options,
+        )
     state = json.loads((tmp_path / "b" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 40
     with pytest.raises(FolderError, match="initial_weights"):  # another initialisation is another run
-        saekit.train(saekit.create(arch, d_in=16, d_sae=64, seed=99, **RESUME_CASES[arch]), toy_x,
-                     out=tmp_path / "b", **options)
-    resumed = saekit.train(saekit.create(arch, d_in=16, d_sae=64, seed=1, **RESUME_CASES[arch]), toy_x,
-                           out=tmp_path / "b", **options)
+        saekit.train(
+            saekit.create(arch, d_in=16, d_sae=64, seed=99, **RESUME_CASES[arch]), toy_x, out=tmp_path / "b", **options
+        )
+    resumed = saekit.train(
+        saekit.create(arch, d_in=16, d_sae=64, seed=1, **RESUME_CASES[arch]), toy_x, out=tmp_path / "b", **options
+    )
     for name, tensor in whole.sae.state_for_save().items():
         torch.testing.assert_close(resumed.sae.state_for_save()[name], tensor, rtol=0, atol=0, msg=name)
     log_a = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
@@ -74,7 +85,9 @@ def test_a_finished_run_is_not_touched_without_resume(tmp_path, toy_x):
     with pytest.raises(FolderError, match="resume=True"):
         saekit.train(saekit.create("topk", d_in=16, d_sae=32, k=2), toy_x, out=tmp_path, resume=False, **options)
     with pytest.raises(FolderError, match="train.batch_size: 256 -> 128"):
-        saekit.train(saekit.create("topk", d_in=16, d_sae=32, k=2), toy_x, out=tmp_path, **{**options, "batch_size": 128})
+        saekit.train(
+            saekit.create("topk", d_in=16, d_sae=32, k=2), toy_x, out=tmp_path, **{**options, "batch_size": 128}
+        )
     with pytest.raises(FolderError, match="sae.k: 2 -> 3"):
         saekit.train(saekit.create("topk", d_in=16, d_sae=32, k=3), toy_x, out=tmp_path, **options)
 
@@ -95,17 +108,32 @@ def test_wrong_width_is_a_clear_error(toy_x):
 
 def test_activation_scale_is_folded_into_the_weights(toy_x):
     raw = toy_x * 37.0  # far from the √d_in mean norm the trainer works at
-    result = saekit.train(saekit.create("topk", d_in=16, d_sae=64, k=3), raw, steps=200, batch_size=256, lr=3e-3,
-                          precision="float32", progress=False)
-    expected_scale = 16 ** 0.5 / float(raw.norm(dim=1).mean())
+    result = saekit.train(
+        saekit.create("topk", d_in=16, d_sae=64, k=3),
+        raw,
+        steps=200,
+        batch_size=256,
+        lr=3e-3,
+        precision="float32",
+        progress=False,
+    )
+    expected_scale = 16**0.5 / float(raw.norm(dim=1).mean())
     assert result.activation_scale == pytest.approx(expected_scale, rel=0.05)
     assert result.sae.cfg.activation_scale == pytest.approx(result.activation_scale)
     metrics = saekit.evaluate(result.sae, raw)  # the saved SAE reads raw activations
     assert metrics["explained_variance"] > 0.7
 
 
-@pytest.mark.parametrize("arch, options", [("relu", {"l1_coefficient": 0.3}), ("gated", {"l1_coefficient": 0.3}),
-                                           ("jumprelu", {"target_l0": 3}), ("topk", {"k": 3}), ("batchtopk", {"k": 3})])
+@pytest.mark.parametrize(
+    "arch, options",
+    [
+        ("relu", {"l1_coefficient": 0.3}),
+        ("gated", {"l1_coefficient": 0.3}),
+        ("jumprelu", {"target_l0": 3}),
+        ("topk", {"k": 3}),
+        ("batchtopk", {"k": 3}),
+    ],
+)
 def test_bf16_autocast_matches_float32_quality(toy_x, arch, options):
     """bf16 autocast with float32 master weights ends within 0.5 points of explained variance
     of float32, on average over three seeds: one run's result moves by about that much with
@@ -116,8 +144,12 @@ def test_bf16_autocast_matches_float32_quality(toy_x, arch, options):
     for precision in ("float32", "bfloat16"):
         runs = []
         for seed in (2, 3, 4):
-            sae = saekit.train(saekit.create(arch, d_in=16, d_sae=64, seed=seed, **options), toy_x,
-                               precision=precision, **train_options).sae
+            sae = saekit.train(
+                saekit.create(arch, d_in=16, d_sae=64, seed=seed, **options),
+                toy_x,
+                precision=precision,
+                **train_options,
+            ).sae
             assert sae.W_dec.dtype == torch.float32  # master weights stay float32
             runs.append(saekit.evaluate(sae, toy_x)["explained_variance"])
         ev[precision] = sum(runs) / len(runs)
@@ -127,8 +159,9 @@ def test_bf16_autocast_matches_float32_quality(toy_x, arch, options):
 
 def test_trains_from_any_iterable_of_batches(toy_x):
     batches = [toy_x[i : i + 100] for i in range(0, 8000, 100)]  # uneven chunks, re-cut to the batch size
-    result = saekit.train(saekit.create("topk", d_in=16, d_sae=64, k=3), batches, steps=100, batch_size=256,
-                          lr=3e-3, progress=False)
+    result = saekit.train(
+        saekit.create("topk", d_in=16, d_sae=64, k=3), batches, steps=100, batch_size=256, lr=3e-3, progress=False
+    )
     assert saekit.evaluate(result.sae, toy_x)["explained_variance"] > 0.5
 
 
@@ -155,7 +188,9 @@ def test_the_trainer_takes_the_sparse_path_once_few_features_fire(toy_x, monkeyp
 
     paths = []
     sparse_loss = ReluSAE._sparse_loss
-    monkeypatch.setattr(ReluSAE, "_sparse_loss", lambda self, *a, **kw: paths.append("sparse") or sparse_loss(self, *a, **kw))
+    monkeypatch.setattr(
+        ReluSAE, "_sparse_loss", lambda self, *a, **kw: paths.append("sparse") or sparse_loss(self, *a, **kw)
+    )
     options = dict(steps=300, batch_size=256, lr=3e-3, progress=False, log_every=10)
     result = saekit.train(saekit.create("relu", d_in=16, d_sae=256, seed=1, target_l0=3), toy_x, **options)
     assert result.history[0]["l0"] > 0.04 * 256  # it starts dense (above 4% of 256) ...

@@ -1,12 +1,13 @@
 """saekit: sparse dictionary learning on language-model activations.
 
-    import saekit
-    sae = saekit.create("jumprelu", d_in=576, d_sae=9216, target_l0=40)
-    result = saekit.train(sae, activations, steps=2000, batch_size=4096)
-    saekit.fit_scale(sae, activations)       # the feature-suppression fix
-    metrics = saekit.evaluate(sae, activations)
-    sae.save("out/sae"); sae = saekit.load("out/sae")
+import saekit
+sae = saekit.create("jumprelu", d_in=576, d_sae=9216, target_l0=40)
+result = saekit.train(sae, activations, steps=2000, batch_size=4096)
+saekit.fit_scale(sae, activations)       # the feature-suppression fix
+metrics = saekit.evaluate(sae, activations)
+sae.save("out/sae"); sae = saekit.load("out/sae")
 """
+
 from __future__ import annotations
 
 from .evaluation.metrics import evaluate
@@ -28,6 +29,14 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ARCHITECTURES", "SAEConfig", "SparseAutoencoder", "convert", "create", "evaluate", "fit_scale", "load",
-    "open_store", "train",
+    "ARCHITECTURES",
+    "SAEConfig",
+    "SparseAutoencoder",
+    "convert",
+    "create",
+    "evaluate",
+    "fit_scale",
+    "load",
+    "open_store",
+    "train",
 ]

@@ -18,6 +18,7 @@ first thing, before any group is made.
 
 Set SAEKIT_KEEP_FREED_MEMORY=0 to leave malloc as it is.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -46,10 +47,13 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = all(mallopt(option, value) == 1 for option, value in (
-        (_M_MMAP_MAX, 0),              # large blocks from the heap, not from mmap
-        (_M_TRIM_THRESHOLD, 2**31 - 1),  # never give the heap's top back to the kernel
-        (_M_TOP_PAD, 0),              # grow the heap by what is asked for, no more
-    ))
+    ok = all(
+        mallopt(option, value) == 1
+        for option, value in (
+            (_M_MMAP_MAX, 0),  # large blocks from the heap, not from mmap
+            (_M_TRIM_THRESHOLD, 2**31 - 1),  # never give the heap's top back to the kernel
+            (_M_TOP_PAD, 0),  # grow the heap by what is asked for, no more
+        )
+    )
     _done = ok
     return ok

@@ -4,6 +4,7 @@ A reader (or a resumed run after a crash) sees either the old file or the comple
 one, never a half-written file. The temporary lives in the target's folder so that the
 final rename stays on one filesystem, where POSIX makes it atomic.
 """
+
 from __future__ import annotations
 
 import json

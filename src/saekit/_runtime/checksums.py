@@ -1,5 +1,6 @@
 """sha256 checksums of files, streamed in blocks and spread over threads (hashlib
 releases the GIL on large blocks, so two cores hash two files at once)."""
+
 from __future__ import annotations
 
 import hashlib

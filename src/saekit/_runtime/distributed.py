@@ -18,6 +18,7 @@ raised as a ``DistributedError`` that says what happened and how to resume.
     finally:
         shutdown()
 """
+
 from __future__ import annotations
 
 import os
@@ -123,8 +124,9 @@ class DistContext:
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
         device = params[0].device
-        has = torch.tensor([p in optimizer.state and len(optimizer.state[p]) > 0 for p in params], dtype=torch.uint8,
-                           device=device)
+        has = torch.tensor(
+            [p in optimizer.state and len(optimizer.state[p]) > 0 for p in params], dtype=torch.uint8, device=device
+        )
         self.broadcast_(has, src)
         moments, steps = [], []
         for p, present in zip(params, has.tolist()):
@@ -134,8 +136,11 @@ class DistContext:
             state = optimizer.state[p]
             if "exp_avg" not in state:
                 step_device = p.device if optimizer.defaults.get("fused") else "cpu"
-                state.update(step=torch.tensor(0.0, device=step_device), exp_avg=torch.zeros_like(p),
-                             exp_avg_sq=torch.zeros_like(p))
+                state.update(
+                    step=torch.tensor(0.0, device=step_device),
+                    exp_avg=torch.zeros_like(p),
+                    exp_avg_sq=torch.zeros_like(p),
+                )
             moments += [state["exp_avg"], state["exp_avg_sq"]]
             steps.append(state["step"])
         self.broadcast_tensors_(moments, src)
@@ -144,8 +149,16 @@ class DistContext:
             for s, value in zip(steps, flat):
                 s.copy_(value)
 
-    def share_work(self, compute: Callable[[int], Tensor], items: Sequence[int], rows: Sequence[int], *,
-                   width: int, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+    def share_work(
+        self,
+        compute: Callable[[int], Tensor],
+        items: Sequence[int],
+        rows: Sequence[int],
+        *,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> list[Tensor]:
         """[compute(i) for i in items] on every rank, each rank computing every W-th item only
         (items[rank::W]) and the ranks exchanging the results with one all-gather.
         compute(items[j]) must return [rows[j], width] of ``dtype`` on ``device``."""
@@ -224,7 +237,9 @@ class DistContext:
         if error is not None:
             raise error
         if int(failed) > 0:
-            raise DistributedError(f"rank {self.rank} of {self.world_size}: {what} failed on another rank; its log says why.")
+            raise DistributedError(
+                f"rank {self.rank} of {self.world_size}: {what} failed on another rank; its log says why."
+            )
 
 
 def collective_device() -> torch.device:
@@ -262,7 +277,9 @@ def init_distributed_from_env(*, backend: str | None = None, timeout_s: float | 
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         if not torch.cuda.is_available():
-            raise RuntimeError("backend 'nccl' needs CUDA, which this process does not see; use backend='gloo' on CPUs.")
+            raise RuntimeError(
+                "backend 'nccl' needs CUDA, which this process does not see; use backend='gloo' on CPUs."
+            )
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(
                 f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s); "

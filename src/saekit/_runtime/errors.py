@@ -8,6 +8,7 @@ escapes is a bug in saekit, reported as one (``saekit.app.cli.main``).
 They subclass ValueError so that code catching ValueError around a saekit call keeps
 working.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,8 +24,15 @@ class ConfigValueError(SaekitError):
     ``field`` names the offending field (dotted for nested sections, e.g. "train.lr") and
     ``value`` is what it got, so that the command line can name the flag instead."""
 
-    def __init__(self, message: str, *, field: str | None = None, value: Any = None, requirement: str | None = None,
-                 example: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        value: Any = None,
+        requirement: str | None = None,
+        example: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.field, self.value, self.requirement, self.example = field, value, requirement, example
 

@@ -17,6 +17,7 @@ Opening a folder:
 
 A second process opening a locked folder is refused with the holder's pid.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,8 +77,10 @@ class FolderLock:
             except OSError:
                 holder = _read_holder(fd)
                 os.close(fd)
-                raise FolderError(f"{self.path.parent} is in use by another saekit process ({holder}); wait for it "
-                                  f"to finish, or choose another {self.flag}.") from None
+                raise FolderError(
+                    f"{self.path.parent} is in use by another saekit process ({holder}); wait for it "
+                    f"to finish, or choose another {self.flag}."
+                ) from None
             try:  # the file we locked must still be the one at the path (not unlinked by a releaser)
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                     break
@@ -96,8 +99,10 @@ class FolderLock:
             fd = os.open(self.path, os.O_RDONLY)
             holder = _read_holder(fd)
             os.close(fd)
-            raise FolderError(f"{self.path.parent} is in use by another saekit process ({holder}); wait for it to "
-                              f"finish, or delete {self.path} if that process no longer runs.") from None
+            raise FolderError(
+                f"{self.path.parent} is in use by another saekit process ({holder}); wait for it to "
+                f"finish, or delete {self.path} if that process no longer runs."
+            ) from None
         os.write(fd, json.dumps(_holder_record()).encode())
         self._fd = fd
 
@@ -125,8 +130,12 @@ class FolderLock:
 
 
 def _holder_record() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))[:200]}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))[:200],
+    }
 
 
 def _read_holder(fd: int) -> str:
@@ -179,8 +188,16 @@ class OutputFolder:
     that name is refused before anything is written. ``overwrite``: delete what saekit
     wrote there before starting. ``flag``: how messages name the folder's option."""
 
-    def __init__(self, path: str | os.PathLike, *, kind: str, identity: Any, owns: Sequence[str] = (),
-                 overwrite: bool = False, flag: str = "--out") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        kind: str,
+        identity: Any,
+        owns: Sequence[str] = (),
+        overwrite: bool = False,
+        flag: str = "--out",
+    ) -> None:
         self.path = Path(path)
         self.kind, self.identity = kind, jsonable(identity)
         self.owns, self.overwrite, self.flag = tuple(owns), overwrite, flag
@@ -195,7 +212,9 @@ class OutputFolder:
             return self
         path = self.path
         if path.exists() and not path.is_dir():
-            raise FolderError(f"{self.flag} {path} is a file, not a folder; give a folder path (it is created if missing).")
+            raise FolderError(
+                f"{self.flag} {path} is a file, not a folder; give a folder path (it is created if missing)."
+            )
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -212,8 +231,10 @@ class OutputFolder:
         saved = self._read_manifest()
         self._remove_stale_temporaries()
         if saved is not None and saved.get("kind") != self.kind:
-            raise FolderError(f"{self.path} holds a saekit {saved.get('kind')} folder, not a {self.kind} folder; "
-                              f"choose another {self.flag}.")
+            raise FolderError(
+                f"{self.path} holds a saekit {saved.get('kind')} folder, not a {self.kind} folder; "
+                f"choose another {self.flag}."
+            )
         carried: set[str] = set()  # saekit's outputs before an overwrite: what remains of them is the user's
         if saved is not None and (self.overwrite or saved.get("identity") != self.identity):
             changed = differences(saved.get("identity"), self.identity)
@@ -223,17 +244,27 @@ class OutputFolder:
                 saved = None
             else:
                 shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
-                raise FolderError(f"{self.path} holds a {self.kind} made with other settings ({shown}); to keep it, "
-                                  f"choose another {self.flag}; to replace what saekit wrote there, add --overwrite.")
+                raise FolderError(
+                    f"{self.path} holds a {self.kind} made with other settings ({shown}); to keep it, "
+                    f"choose another {self.flag}; to replace what saekit wrote there, add --overwrite."
+                )
         self.resumed = saved is not None
-        self.manifest = saved or {"format": FORMAT, "version": VERSION, "kind": self.kind, "identity": self.identity,
-                                  "written": [], "writing": []}
+        self.manifest = saved or {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": self.kind,
+            "identity": self.identity,
+            "written": [],
+            "writing": [],
+        }
         known = set(self.manifest["written"]) | set(self.manifest["writing"]) | carried
         for name in self.owns:
             target = self.path / name
             if target.exists() and name not in known and not any(w.startswith(name + "/") for w in known):
-                raise FolderError(f"{target} exists and saekit did not write it, so it will not be replaced; "
-                                  f"choose another {self.flag}, or move it away.")
+                raise FolderError(
+                    f"{target} exists and saekit did not write it, so it will not be replaced; "
+                    f"choose another {self.flag}, or move it away."
+                )
         self._save()
 
     def close(self) -> None:
@@ -260,8 +291,15 @@ class OutputFolder:
         """Record every file now under each output of ``names`` as written by saekit."""
         for name in names:
             target = self.path / name
-            files = [name] if not target.is_dir() else [
-                str(p.relative_to(self.path)) for p in sorted(target.rglob("*")) if p.is_file() and p.name != LOCK_FILE]
+            files = (
+                [name]
+                if not target.is_dir()
+                else [
+                    str(p.relative_to(self.path))
+                    for p in sorted(target.rglob("*"))
+                    if p.is_file() and p.name != LOCK_FILE
+                ]
+            )
             self.manifest["written"] = sorted(set(self.manifest["written"]) | set(files))
             if name in self.manifest["writing"]:
                 self.manifest["writing"].remove(name)
@@ -280,21 +318,26 @@ class OutputFolder:
         try:
             saved = json.loads(file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            raise FolderError(f"{file} is damaged (not valid JSON); choose another {self.flag}, or delete that file "
-                              "to let saekit treat the folder as new.") from None
+            raise FolderError(
+                f"{file} is damaged (not valid JSON); choose another {self.flag}, or delete that file "
+                "to let saekit treat the folder as new."
+            ) from None
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             raise FolderError(f"{file} is not a saekit folder record; choose another {self.flag}.")
         for key in ("written", "writing"):
             entries = saved.get(key, [])
             if not isinstance(entries, list) or not all(isinstance(e, str) and _inside(e) for e in entries):
-                raise FolderError(f"{file}: its {key!r} list names paths outside the folder; the record is damaged. "
-                                  f"Choose another {self.flag}.")
+                raise FolderError(
+                    f"{file}: its {key!r} list names paths outside the folder; the record is damaged. "
+                    f"Choose another {self.flag}."
+                )
             saved[key] = entries
         return saved
 
     def _wrote_anything(self, saved: dict[str, Any]) -> bool:
         """Whether a file of this folder's record holds output (a started output that is
         still empty, or holds only another folder record, does not count)."""
+
         def content(path: Path) -> bool:
             if path.is_dir():
                 return any(p.is_file() and p.name not in (MANIFEST_FILE, LOCK_FILE) for p in path.rglob("*"))

@@ -11,6 +11,7 @@ is a pair and "none" is None, whether it came from a flag or from YAML (which re
 ``1e-3`` as a string). A value that does not fit raises :class:`ConfigValueError` naming
 the field, what it got and what is allowed.
 """
+
 from __future__ import annotations
 
 import ast
@@ -41,8 +42,12 @@ class Range:
     lt: float | None = None
 
     def holds(self, value: float) -> bool:
-        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
 
     def describe(self) -> str:
         low = f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else None
@@ -136,8 +141,12 @@ def from_dict(cls: type, data: Any, *, where: str) -> Any:
     if unknown:
         close = {name: _closest(name, fields) for name in unknown}
         hints = "; ".join(f"{name!r} (did you mean {match!r}?)" for name, match in close.items() if match)
-        raise ConfigValueError(f"{where}: unknown field(s) {unknown}" + (f": {hints}" if hints else "")
-                               + f"; the fields are {sorted(fields)}.", field=unknown[0])
+        raise ConfigValueError(
+            f"{where}: unknown field(s) {unknown}"
+            + (f": {hints}" if hints else "")
+            + f"; the fields are {sorted(fields)}.",
+            field=unknown[0],
+        )
     types_ = field_types(cls)
     values = {}
     for name, value in data.items():
@@ -150,8 +159,12 @@ def from_dict(cls: type, data: Any, *, where: str) -> Any:
         return cls(**values)
     except ConfigValueError as error:
         message = str(error)
-        raise ConfigValueError(message if message.startswith(where) else f"{where}: {message}", field=error.field,
-                               value=error.value, requirement=error.requirement) from None
+        raise ConfigValueError(
+            message if message.startswith(where) else f"{where}: {message}",
+            field=error.field,
+            value=error.value,
+            requirement=error.requirement,
+        ) from None
 
 
 def validate_fields(instance: Any) -> None:
@@ -188,8 +201,9 @@ def _strip(annotation: Any) -> Any:
 def _fail(label: str, annotation: Any, value: Any) -> ConfigValueError:
     requirement = describe(annotation)
     shown = repr(value) if not isinstance(value, str) else repr(value)
-    return ConfigValueError(f"{label} must be {requirement}, got {shown}.", field=label, value=value,
-                            requirement=requirement)
+    return ConfigValueError(
+        f"{label} must be {requirement}, got {shown}.", field=label, value=value, requirement=requirement
+    )
 
 
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
@@ -213,8 +227,9 @@ def coerce(value: Any, annotation: Any, label: str) -> Any:
                 raise _fail(label, annotation, value)
         return parsed
     if origin in (Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE and type(None) in args
-                             and str not in args):
+        if value is None or (
+            isinstance(value, str) and value.strip().lower() in _NONE and type(None) in args and str not in args
+        ):
             if type(None) in args:
                 return None
         for option in args:
@@ -351,7 +366,9 @@ def describe(annotation: Any) -> str:
         return f"a comma-separated list of {describe(args[0]) if args else 'values'}"
     if origin is dict or annotation is dict:
         return "a table (key=value,key=value or a JSON object)"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(annotation, str(annotation))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        annotation, str(annotation)
+    )
 
 
 def example(annotation: Any, default: Any) -> str:

@@ -9,6 +9,7 @@ is parsed to the field's declared type when argparse reads it (1e-3 is a float, 
 a pair), and its help is the field's own documentation. Every anticipated failure is one
 line and exit code 2 (``main``); anything else is reported as a bug in saekit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,21 +38,32 @@ class Parser(argparse.ArgumentParser):
 def value_type(annotation: Any, flag: str, default: Any = None):
     """An argparse ``type=``: text parsed to ``annotation``, or a message naming what is
     allowed with an example."""
+
     def parse(text: str) -> Any:
         try:
             return coerce(text, annotation, flag)
         except ConfigValueError:
-            raise argparse.ArgumentTypeError(f"must be {describe(annotation)}, got {text!r} (for example "
-                                             f"{flag} {example(annotation, default)})") from None
+            raise argparse.ArgumentTypeError(
+                f"must be {describe(annotation)}, got {text!r} (for example {flag} {example(annotation, default)})"
+            ) from None
+
     parse.__name__ = describe(annotation)  # argparse names the type in some messages
     return parse
 
 
-def add_dataclass_flags(parser, cls: type, *, prefix: str = "", skip: Sequence[str] = (), flags: dict | None = None) -> None:
+def add_dataclass_flags(
+    parser, cls: type, *, prefix: str = "", skip: Sequence[str] = (), flags: dict | None = None
+) -> None:
     """One flag per field of ``cls``: ``--prefix.field`` with a prefix, else ``--field-name``."""
     docs, types = field_docs(cls), field_types(cls)
-    defaults = cls() if all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-                            for f in dataclasses.fields(cls)) else None
+    defaults = (
+        cls()
+        if all(
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            for f in dataclasses.fields(cls)
+        )
+        else None
+    )
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -63,16 +75,26 @@ def add_dataclass_flags(parser, cls: type, *, prefix: str = "", skip: Sequence[s
         extra: dict[str, Any] = {}
         if types[f.name] is bool:
             extra = {"nargs": "?", "const": True}  # --fit-scale alone means true
-        parser.add_argument(flag, dest=f"{prefix}{f.name}", type=value_type(types[f.name], flag, default),
-                            default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text.replace("%", "%%"), **extra)
+        parser.add_argument(
+            flag,
+            dest=f"{prefix}{f.name}",
+            type=value_type(types[f.name], flag, default),
+            default=argparse.SUPPRESS,
+            metavar=f.name.upper(),
+            help=help_text.replace("%", "%%"),
+            **extra,
+        )
         if flags is not None:
             flags[f"{prefix}{f.name}"] = flag
 
 
 def collected(args: argparse.Namespace, cls: type, *, prefix: str = "") -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
-    return {key[len(prefix):]: value for key, value in vars(args).items()
-            if key.startswith(prefix) and key[len(prefix):] in names}
+    return {
+        key[len(prefix) :]: value
+        for key, value in vars(args).items()
+        if key.startswith(prefix) and key[len(prefix) :] in names
+    }
 
 
 # ---- subcommands ------------------------------------------------------------------------
@@ -121,8 +143,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         folder, error = None, None
         if ctx.is_main:
             try:
-                folder = OutputFolder(args.out, kind="sae-training", owns=OUTPUTS, overwrite=args.overwrite,
-                                      identity=identity(section, train_cfg, store.fingerprint(), hook=hook, model=model))
+                folder = OutputFolder(
+                    args.out,
+                    kind="sae-training",
+                    owns=OUTPUTS,
+                    overwrite=args.overwrite,
+                    identity=identity(section, train_cfg, store.fingerprint(), hook=hook, model=model),
+                )
                 folder.open()
             except SaekitError as caught:
                 error = caught
@@ -159,9 +186,17 @@ def cmd_harvest(args: argparse.Namespace) -> None:
         max_contexts = None if args.tokens is None else args.tokens // (args.context_size - 1) + 2
         corpus = tokenize(documents, loaded.tokenizer, args.context_size, max_contexts=max_contexts)
         hooks = args.hook[0] if len(args.hook) == 1 else args.hook
-        stores = harvest_distributed(loaded, corpus, hooks, args.out, max_tokens=args.tokens, dtype=args.dtype,
-                                     batch_contexts=args.batch_contexts, overwrite=args.overwrite,
-                                     progress=ctx.is_main)
+        stores = harvest_distributed(
+            loaded,
+            corpus,
+            hooks,
+            args.out,
+            max_tokens=args.tokens,
+            dtype=args.dtype,
+            batch_contexts=args.batch_contexts,
+            overwrite=args.overwrite,
+            progress=ctx.is_main,
+        )
         if ctx.is_main:
             for store in stores.values():
                 print(f"{store.path}: {store.n_tokens:,} tokens x d_in={store.d_in} ({store.manifest['dtype']})")
@@ -175,7 +210,9 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
     run = open_run(args.run, write=True)
     try:
-        stages = {"evaluate": ("evaluate",), "report": ("interpret", "report"), "interpret": ("interpret",)}[args.command]
+        stages = {"evaluate": ("evaluate",), "report": ("interpret", "report"), "interpret": ("interpret",)}[
+            args.command
+        ]
         for stage in stages:
             if run.done(stage) and not args.force:
                 say(f"{stage}: done already (use --force to redo)")
@@ -197,8 +234,14 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     init_distributed_from_env()  # under torchrun the SAEs are spread over the ranks
     try:
-        sweep(Path(args.run), archs=args.archs, l0s=args.l0s, steps=args.steps,
-              out=Path(args.out) if args.out else None, overwrite=args.overwrite)
+        sweep(
+            Path(args.run),
+            archs=args.archs,
+            l0s=args.l0s,
+            steps=args.steps,
+            out=Path(args.out) if args.out else None,
+            overwrite=args.overwrite,
+        )
     finally:
         shutdown()
 
@@ -247,8 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def run_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", help="run folder (default: runs/<config name>, runs/demo for the demo)")
-        p.add_argument("--overwrite", action="store_true",
-                       help="replace a run made there with other settings (deletes only the files saekit wrote there)")
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace a run made there with other settings (deletes only the files saekit wrote there)",
+        )
         p.add_argument("--no-verify", action="store_true", help="skip the store's checksum pass (it is on by default)")
         flags: dict[str, str] = {}
         for section, cls in section_classes().items():
@@ -256,17 +302,25 @@ def build_parser() -> argparse.ArgumentParser:
             add_dataclass_flags(group, cls, prefix=f"{section}.", flags=flags)
         p.set_defaults(_flags=flags)
 
-    p = commands.add_parser("demo", help="the main job on the embedded model (SmolLM2-135M) and corpus (Shakespeare)",
-                            description="Corpus -> SmolLM2-135M layer 15 -> activation store -> TopK SAE -> "
-                            "evaluation in the model -> feature dashboard. About 8 minutes on a 2-core CPU. "
-                            "Interrupt it at any time; the same command continues where it stopped.")
+    p = commands.add_parser(
+        "demo",
+        help="the main job on the embedded model (SmolLM2-135M) and corpus (Shakespeare)",
+        description="Corpus -> SmolLM2-135M layer 15 -> activation store -> TopK SAE -> "
+        "evaluation in the model -> feature dashboard. About 8 minutes on a 2-core CPU. "
+        "Interrupt it at any time; the same command continues where it stopped.",
+    )
     run_flags(p)
     p.set_defaults(func=cmd_demo)
 
-    p = commands.add_parser("run", help="the main job from a config file (TOML or YAML)",
-                            description="Run every stage (harvest, train, evaluate, interpret, report) into one "
-                            "run folder; finished stages are skipped, interrupted ones resume.")
-    p.add_argument("config", nargs="?", help="config file (.toml, .yaml); `saekit config --defaults` prints every field")
+    p = commands.add_parser(
+        "run",
+        help="the main job from a config file (TOML or YAML)",
+        description="Run every stage (harvest, train, evaluate, interpret, report) into one "
+        "run folder; finished stages are skipped, interrupted ones resume.",
+    )
+    p.add_argument(
+        "config", nargs="?", help="config file (.toml, .yaml); `saekit config --defaults` prints every field"
+    )
     run_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -274,56 +328,93 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defaults", action="store_true", help="print every field, documented, with its default")
     p.set_defaults(func=cmd_config)
 
-    p = commands.add_parser("train", help="train an SAE on an activation store (works under torchrun)",
-                            description="Train one SAE on a store made by `saekit harvest`. Under `torchrun "
-                            "--nproc-per-node N -m saekit train ...` it trains data-parallel.")
+    p = commands.add_parser(
+        "train",
+        help="train an SAE on an activation store (works under torchrun)",
+        description="Train one SAE on a store made by `saekit harvest`. Under `torchrun "
+        "--nproc-per-node N -m saekit train ...` it trains data-parallel.",
+    )
     p.add_argument("--activations", required=True, help="activation store folder (from `saekit harvest`)")
     p.add_argument("--out", required=True, help="output folder: train/ (checkpoint, train_log.jsonl), sae/")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a run made there with other settings (deletes only the files saekit wrote there)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run made there with other settings (deletes only the files saekit wrote there)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the store's checksum pass (it is on by default)")
     flags: dict[str, str] = {}
     add_dataclass_flags(p.add_argument_group("SAE"), SAESection, flags=flags)  # type: ignore[arg-type]
     add_dataclass_flags(p.add_argument_group("training"), TrainConfig, flags=flags)  # type: ignore[arg-type]
     p.set_defaults(func=cmd_train, _flags=flags)
 
-    for name, text in (("evaluate", "evaluate a run's SAE inside the model on held-out text: metrics.json + table"),
-                       ("interpret", "collect per-feature statistics of a run (top contexts, logit effects)"),
-                       ("report", "write a run's HTML dashboard (collects feature statistics first if needed)")):
+    for name, text in (
+        ("evaluate", "evaluate a run's SAE inside the model on held-out text: metrics.json + table"),
+        ("interpret", "collect per-feature statistics of a run (top contexts, logit effects)"),
+        ("report", "write a run's HTML dashboard (collects feature statistics first if needed)"),
+    ):
         p = commands.add_parser(name, help=text, description=text)
         p.add_argument("run", help="run folder (from `saekit run` or `saekit demo`)")
         p.add_argument("--force", action="store_true", help="redo the stage even if its output exists")
         p.set_defaults(func=cmd_stage)
 
-    p = commands.add_parser("sweep", help="train several architectures and sparsities on a run's activations, compare them",
-                            description="Train every architecture at several L0s on the activations of an existing "
-                            "run, evaluate each inside the model, write a table and Pareto plots (L0 vs FVU, L0 vs "
-                            "loss recovered) with each SAE's relative reconstruction bias.")
+    p = commands.add_parser(
+        "sweep",
+        help="train several architectures and sparsities on a run's activations, compare them",
+        description="Train every architecture at several L0s on the activations of an existing "
+        "run, evaluate each inside the model, write a table and Pareto plots (L0 vs FVU, L0 vs "
+        "loss recovered) with each SAE's relative reconstruction bias.",
+    )
     p.add_argument("run", help="run folder whose store and held-out text the sweep uses")
-    p.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES, metavar="ARCH",
-                   help=f"architectures (default: all of {', '.join(ARCHITECTURES)})")
-    p.add_argument("--l0s", nargs="+", type=value_type(PositiveFloat, "--l0s", 32), default=[16, 32, 64],
-                   help="target L0s (k for topk/batchtopk)")
-    p.add_argument("--steps", type=value_type(PositiveInt, "--steps", 2000), default=None,
-                   help="training steps per SAE (default: the run's)")
+    p.add_argument(
+        "--archs",
+        nargs="+",
+        default=list(ARCHITECTURES),
+        choices=ARCHITECTURES,
+        metavar="ARCH",
+        help=f"architectures (default: all of {', '.join(ARCHITECTURES)})",
+    )
+    p.add_argument(
+        "--l0s",
+        nargs="+",
+        type=value_type(PositiveFloat, "--l0s", 32),
+        default=[16, 32, 64],
+        help="target L0s (k for topk/batchtopk)",
+    )
+    p.add_argument(
+        "--steps",
+        type=value_type(PositiveInt, "--steps", 2000),
+        default=None,
+        help="training steps per SAE (default: the run's)",
+    )
     p.add_argument("--out", help="sweep folder (default: RUN/sweep)")
     p.add_argument("--overwrite", action="store_true", help="retrain SAEs made there with other settings")
     p.set_defaults(func=cmd_sweep)
 
-    p = commands.add_parser("compare", help="match the features of two SAEs; list those of A with no counterpart in B",
-                            description="Features matched by decoder cosine similarity. E.g. an SAE trained on one "
-                            "author's texts against one trained on a general corpus: A's unmatched features are "
-                            "the author's own.")
+    p = commands.add_parser(
+        "compare",
+        help="match the features of two SAEs; list those of A with no counterpart in B",
+        description="Features matched by decoder cosine similarity. E.g. an SAE trained on one "
+        "author's texts against one trained on a general corpus: A's unmatched features are "
+        "the author's own.",
+    )
     p.add_argument("a", help="run folder or SAE folder A")
     p.add_argument("b", help="run folder or SAE folder B")
-    p.add_argument("--threshold", type=value_type(float, "--threshold", 0.7), default=0.7,
-                   help="a feature has a counterpart when its best cosine is at least this")
-    p.add_argument("--limit", type=value_type(PositiveInt, "--limit", 30), default=30, help="unmatched features to print")
+    p.add_argument(
+        "--threshold",
+        type=value_type(float, "--threshold", 0.7),
+        default=0.7,
+        help="a feature has a counterpart when its best cosine is at least this",
+    )
+    p.add_argument(
+        "--limit", type=value_type(PositiveInt, "--limit", 30), default=30, help="unmatched features to print"
+    )
     p.add_argument("--json", help="also write the full comparison to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     p.set_defaults(func=cmd_compare)
 
-    p = commands.add_parser("convert", help="convert an SAE to the exactly equivalent JumpReLU SAE (gated, batchtopk, relu)")
+    p = commands.add_parser(
+        "convert", help="convert an SAE to the exactly equivalent JumpReLU SAE (gated, batchtopk, relu)"
+    )
     p.add_argument("sae", help="SAE folder (or run folder)")
     p.add_argument("--to", default="jumprelu", choices=["jumprelu"])
     p.add_argument("--out", required=True, help="output SAE folder")
@@ -332,27 +423,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ..data.harvest import DEFAULT_BATCH_CONTEXTS
 
-    p = commands.add_parser("harvest", help="run a model over a corpus and store its activations at hook points",
-                            description="Tokenise a corpus, run the model up to the last hooked layer only, and write "
-                            "a sharded, checksummed, memory-mappable activation store. An interrupted harvest resumes. "
-                            "Under torchrun each rank harvests its own slice.")
-    p.add_argument("--model", default="smollm2", help="embedded name (smollm2, gemma3-270m), .gguf file, HF folder or Hub id")
-    p.add_argument("--hook", nargs="+", default=["layers.15.resid_post"], help="hook point(s), e.g. layers.15.resid_post")
-    p.add_argument("--corpus", default="default", help="text folder/file, .jsonl, .parquet, datasets folder; default: Shakespeare")
+    p = commands.add_parser(
+        "harvest",
+        help="run a model over a corpus and store its activations at hook points",
+        description="Tokenise a corpus, run the model up to the last hooked layer only, and write "
+        "a sharded, checksummed, memory-mappable activation store. An interrupted harvest resumes. "
+        "Under torchrun each rank harvests its own slice.",
+    )
+    p.add_argument(
+        "--model", default="smollm2", help="embedded name (smollm2, gemma3-270m), .gguf file, HF folder or Hub id"
+    )
+    p.add_argument(
+        "--hook", nargs="+", default=["layers.15.resid_post"], help="hook point(s), e.g. layers.15.resid_post"
+    )
+    p.add_argument(
+        "--corpus", default="default", help="text folder/file, .jsonl, .parquet, datasets folder; default: Shakespeare"
+    )
     p.add_argument("--text-field", help="field holding the text (JSON Lines, Parquet, datasets)")
-    p.add_argument("--tokens", type=value_type(PositiveInt, "--tokens", 1_000_000), default=None,
-                   help="tokens of activations to store (default: the whole corpus)")
-    p.add_argument("--context-size", type=value_type(PositiveInt, "--context-size", 128), default=128,
-                   help="tokens per context")
+    p.add_argument(
+        "--tokens",
+        type=value_type(PositiveInt, "--tokens", 1_000_000),
+        default=None,
+        help="tokens of activations to store (default: the whole corpus)",
+    )
+    p.add_argument(
+        "--context-size", type=value_type(PositiveInt, "--context-size", 128), default=128, help="tokens per context"
+    )
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="stored dtype")
-    p.add_argument("--model-dtype", default=None, choices=["bfloat16", "float32"], help="dtype the model runs in (default: bf16 where supported)")
-    p.add_argument("--device", default=None, type=value_type(_device_type(), "--device", "cuda"),
-                   help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--batch-contexts", type=value_type(PositiveInt, "--batch-contexts", DEFAULT_BATCH_CONTEXTS),
-                   default=DEFAULT_BATCH_CONTEXTS, help="contexts per forward pass")
+    p.add_argument(
+        "--model-dtype",
+        default=None,
+        choices=["bfloat16", "float32"],
+        help="dtype the model runs in (default: bf16 where supported)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        type=value_type(_device_type(), "--device", "cuda"),
+        help="cpu, cuda, ... (default: cuda if available)",
+    )
+    p.add_argument(
+        "--batch-contexts",
+        type=value_type(PositiveInt, "--batch-contexts", DEFAULT_BATCH_CONTEXTS),
+        default=DEFAULT_BATCH_CONTEXTS,
+        help="contexts per forward pass",
+    )
     p.add_argument("--out", required=True, help="store folder (one sub-folder per hook when several are given)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a store made there with other settings (deletes only the files saekit wrote)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a store made there with other settings (deletes only the files saekit wrote)",
+    )
     p.set_defaults(func=cmd_harvest)
     return parser
 
@@ -420,9 +541,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the one place that turns a bug into a report
         if os.environ.get("SAEKIT_DEBUG"):
             raise
-        print(f"{prog}: internal error ({type(error).__name__}: {' '.join(str(error).split())[:300]}). This is a bug in "
-              f"saekit: please report it at {REPORT_BUGS} with the command you ran and the traceback that "
-              f"`SAEKIT_DEBUG=1 {prog} ...` prints.", file=sys.stderr)
+        print(
+            f"{prog}: internal error ({type(error).__name__}: {' '.join(str(error).split())[:300]}). This is a bug in "
+            f"saekit: please report it at {REPORT_BUGS} with the command you ran and the traceback that "
+            f"`SAEKIT_DEBUG=1 {prog} ...` prints.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -4,6 +4,7 @@ starts. Every field is parsed to its declared type (_runtime/parsing.py); its de
 is here and its documentation right below it, which ``saekit run --help`` and
 ``saekit config --defaults`` print.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,8 +79,11 @@ class CorpusSection:
     def __post_init__(self) -> None:
         validate_fields(self)
         if self.path != "default" and not Path(self.path).expanduser().exists():
-            raise ConfigValueError(f"path: the corpus {self.path!r} does not exist; give an existing file or folder, "
-                                   "or \"default\".", field="path", value=self.path)
+            raise ConfigValueError(
+                f'path: the corpus {self.path!r} does not exist; give an existing file or folder, or "default".',
+                field="path",
+                value=self.path,
+            )
 
 
 @dataclass
@@ -128,11 +132,18 @@ class SAESection:
         reserved = {"k", "target_l0", "l1_coefficient", "l0_coefficient"}
         unknown = sorted(set(self.options) - known)
         if unknown:
-            raise ConfigValueError(f"options: unknown SAE option(s) {unknown}; the options are {sorted(known - reserved)}.",
-                                   field="options", value=self.options)
+            raise ConfigValueError(
+                f"options: unknown SAE option(s) {unknown}; the options are {sorted(known - reserved)}.",
+                field="options",
+                value=self.options,
+            )
         if set(self.options) & reserved:
-            raise ConfigValueError(f"options: set {sorted(set(self.options) & reserved)} as fields of their own "
-                                   "([sae] k = ..., --sae.k ...), not in options.", field="options", value=self.options)
+            raise ConfigValueError(
+                f"options: set {sorted(set(self.options) & reserved)} as fields of their own "
+                "([sae] k = ..., --sae.k ...), not in options.",
+                field="options",
+                value=self.options,
+            )
 
     def width(self, d_in: int) -> int:
         return self.d_sae if self.d_sae is not None else self.expansion * d_in
@@ -158,8 +169,9 @@ class SAESection:
 
     def check(self, d_in: int) -> SAEConfig:
         """The SAE's config for a model of width ``d_in``, validated before any work starts."""
-        cfg = SAEConfig.from_dict({"arch": self.arch, "d_in": d_in, "d_sae": self.width(d_in), **self.sae_options()},
-                                  source="sae")
+        cfg = SAEConfig.from_dict(
+            {"arch": self.arch, "d_in": d_in, "d_sae": self.width(d_in), **self.sae_options()}, source="sae"
+        )
         registry.check(cfg)
         return cfg
 
@@ -257,8 +269,9 @@ class RunConfig:
             return self.sae.check(d_in)
         except ConfigError as error:
             message = str(error).removeprefix("sae: ")
-            raise ConfigValueError(f"[sae] {message}", field=f"sae.{error.field}" if error.field else None,
-                                   value=error.value) from None
+            raise ConfigValueError(
+                f"[sae] {message}", field=f"sae.{error.field}" if error.field else None, value=error.value
+            ) from None
 
 
 def section_classes() -> dict[str, type]:
@@ -300,8 +313,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     else:
         raise ConfigValueError(f"{path}: a config is a .toml, .yaml/.yml or .json file.")
     if not isinstance(data, dict):
-        raise ConfigValueError(f"{path}: a config is a table of sections ([model], [train], ...), not a "
-                               f"{type(data).__name__}.")
+        raise ConfigValueError(
+            f"{path}: a config is a table of sections ([model], [train], ...), not a {type(data).__name__}."
+        )
     return data
 
 

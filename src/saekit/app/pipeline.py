@@ -17,6 +17,7 @@ atomically and is skipped when that output is already there, so a run interrupte
 anywhere (Ctrl-C or kill -9) continues where it stopped when the same command is run
 again; harvest and training also resume mid-stage.
 """
+
 from __future__ import annotations
 
 import time
@@ -78,8 +79,9 @@ class Run:
 
         m = self.config.model
         say(f"loading model {m.name} ...")
-        return load_model(m.name, dtype=None if m.dtype == "auto" else m.dtype,
-                          device=None if m.device == "auto" else m.device)
+        return load_model(
+            m.name, dtype=None if m.dtype == "auto" else m.dtype, device=None if m.device == "auto" else m.device
+        )
 
     @cached_property
     def splits(self):
@@ -93,8 +95,14 @@ class Run:
         # scan, and no more: a large corpus is not tokenised whole for a small run.
         wanted = self.config.harvest.tokens + self.config.evaluate.tokens
         max_contexts = int(wanted / (1 - c.held_out_fraction) / (c.context_size - 1)) + 2
-        corpus = tokenize(documents, self.model.tokenizer, c.context_size, pack=c.pack,
-                          exclude_special=c.exclude_special_tokens, max_contexts=max_contexts)
+        corpus = tokenize(
+            documents,
+            self.model.tokenizer,
+            c.context_size,
+            pack=c.pack,
+            exclude_special=c.exclude_special_tokens,
+            max_contexts=max_contexts,
+        )
         return corpus.split(c.held_out_fraction, seed=c.seed)
 
     # ---- stages ---------------------------------------------------------------------
@@ -103,8 +111,17 @@ class Run:
 
         train_corpus, _ = self.splits
         h = self.config.harvest
-        harvest(self.model, train_corpus, self.config.model.hook, self._output("store"), max_tokens=h.tokens,
-                dtype=h.dtype, batch_contexts=h.batch_contexts, shard_tokens=h.shard_tokens, progress=True)
+        harvest(
+            self.model,
+            train_corpus,
+            self.config.model.hook,
+            self._output("store"),
+            max_tokens=h.tokens,
+            dtype=h.dtype,
+            batch_contexts=h.batch_contexts,
+            shard_tokens=h.shard_tokens,
+            progress=True,
+        )
 
     def train(self) -> None:
         from ..data.store import open_store
@@ -114,8 +131,17 @@ class Run:
         m = self.config.model
         if self.output_folder is None:
             raise FolderError(f"{self.folder} must be opened for writing before training.")
-        train_sae(self.folder, self.output_folder, self.config.sae, self.config.train, store, d_in=store.d_in,
-                  hook=m.hook, model=m.name, loggers=self._loggers())
+        train_sae(
+            self.folder,
+            self.output_folder,
+            self.config.sae,
+            self.config.train,
+            store,
+            d_in=store.d_in,
+            hook=m.hook,
+            model=m.name,
+            loggers=self._loggers(),
+        )
 
     def evaluate(self) -> None:
         from ..evaluation.splice import evaluate_in_model, write_metrics
@@ -123,8 +149,9 @@ class Run:
         _, held_out = self.splits
         sae = self.load_sae()
         e = self.config.evaluate
-        metrics = evaluate_in_model(sae, self.model, held_out, batch_contexts=e.batch_contexts,
-                                    max_tokens=e.tokens, progress=True)
+        metrics = evaluate_in_model(
+            sae, self.model, held_out, batch_contexts=e.batch_contexts, max_tokens=e.tokens, progress=True
+        )
         write_metrics(self._output("metrics.json"), metrics)
 
     def interpret(self) -> None:
@@ -132,8 +159,9 @@ class Run:
 
         train_corpus, _ = self.splits
         i = self.config.interpret
-        stats = collect_feature_stats(self.load_sae(), self.model, train_corpus, n_top=i.n_top,
-                                      max_tokens=i.tokens, progress=True)
+        stats = collect_feature_stats(
+            self.load_sae(), self.model, train_corpus, n_top=i.n_top, max_tokens=i.tokens, progress=True
+        )
         stats.save(self._output("features"))
 
     def report(self) -> None:
@@ -143,8 +171,14 @@ class Run:
 
         metrics = read_metrics(self.metrics_path)
         stats = FeatureStats.load(self.features_path)
-        write_report(self._output("report"), self.load_sae(), stats, metrics, self.model.tokenizer,
-                     n_features=self.config.interpret.n_features)
+        write_report(
+            self._output("report"),
+            self.load_sae(),
+            stats,
+            metrics,
+            self.model.tokenizer,
+            n_features=self.config.interpret.n_features,
+        )
 
     # ---- helpers --------------------------------------------------------------------
     def _output(self, name: str) -> Path:
@@ -185,8 +219,10 @@ def run_identity(config: RunConfig) -> dict:
     from ..data.model import model_fingerprint
 
     path = default_corpus_path() if config.corpus.path == "default" else Path(config.corpus.path).expanduser()
-    return {"config": config.identity(),
-            "inputs": {"corpus": corpus_fingerprint(path), "model": model_fingerprint(config.model.name)}}
+    return {
+        "config": config.identity(),
+        "inputs": {"corpus": corpus_fingerprint(path), "model": model_fingerprint(config.model.name)},
+    }
 
 
 def prepare(folder: str | Path, config: RunConfig, *, overwrite: bool = False) -> Run:
@@ -196,8 +232,13 @@ def prepare(folder: str | Path, config: RunConfig, *, overwrite: bool = False) -
 
     folder = Path(folder)
     config.check(model_width(config.model.name))
-    output = OutputFolder(folder, kind=KIND, identity=run_identity(config),
-                          owns=("config.json", *OUTPUTS.values(), "train"), overwrite=overwrite)
+    output = OutputFolder(
+        folder,
+        kind=KIND,
+        identity=run_identity(config),
+        owns=("config.json", *OUTPUTS.values(), "train"),
+        overwrite=overwrite,
+    )
     output.open()
     try:
         if not output.has("config.json"):
@@ -215,8 +256,9 @@ def open_run(folder: str | Path, *, write: bool) -> Run:
     folder = Path(folder)
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise ConfigValueError(f"{folder} is not a run folder (no config.json); make one with `saekit run` or "
-                               "`saekit demo`.")
+        raise ConfigValueError(
+            f"{folder} is not a run folder (no config.json); make one with `saekit run` or `saekit demo`."
+        )
     config = RunConfig.from_file(config_file)
     if not write:
         return Run(folder, config)
@@ -224,13 +266,21 @@ def open_run(folder: str | Path, *, write: bool) -> Run:
     output.open()
     if not output.resumed:
         output.close()
-        raise FolderError(f"{folder} holds a config.json but no record of the run saekit made there (saekit.json); "
-                          "run it again with `saekit run` into a new folder.")
+        raise FolderError(
+            f"{folder} holds a config.json but no record of the run saekit made there (saekit.json); "
+            "run it again with `saekit run` into a new folder."
+        )
     return Run(folder, config, output)
 
 
-def run_pipeline(folder: str | Path, config: RunConfig, *, stages: tuple[str, ...] = STAGES,
-                 overwrite: bool = False, verify: bool = True) -> Run:
+def run_pipeline(
+    folder: str | Path,
+    config: RunConfig,
+    *,
+    stages: tuple[str, ...] = STAGES,
+    overwrite: bool = False,
+    verify: bool = True,
+) -> Run:
     run = prepare(folder, config, overwrite=overwrite)
     run.verify = verify
     try:

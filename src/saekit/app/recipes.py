@@ -7,6 +7,7 @@ It writes into an output folder that the caller has opened (_runtime/folder.py),
     FOLDER/train/    the trainer's checkpoint and train_log.jsonl (resumed when rerun)
     FOLDER/sae/      the finished SAE
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -33,11 +34,17 @@ def build_sae(section: SAESection, d_in: int, *, seed: int, hook: str | None, mo
     return sae
 
 
-def identity(section: SAESection, train_cfg: TrainConfig, data_fingerprint: str | None, *, hook: str | None,
-             model: str | None) -> dict:
+def identity(
+    section: SAESection, train_cfg: TrainConfig, data_fingerprint: str | None, *, hook: str | None, model: str | None
+) -> dict:
     """What an SAE made by this recipe depends on, for the folder it is made in."""
-    return {"sae": vars(section) | {"options": dict(section.options)}, "train": train_cfg.identity(),
-            "data": data_fingerprint, "hook": hook, "model": model}
+    return {
+        "sae": vars(section) | {"options": dict(section.options)},
+        "train": train_cfg.identity(),
+        "data": data_fingerprint,
+        "hook": hook,
+        "model": model,
+    }
 
 
 def train_sae(

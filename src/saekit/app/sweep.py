@@ -8,6 +8,7 @@ each in its own folder that follows saekit's folder contract, so a rerun with ot
 steps never reuses an SAE trained with the old ones. Under torchrun the SAEs are spread
 round-robin over the ranks.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -21,12 +22,30 @@ from ..sae import registry
 from .pipeline import open_run, say
 from .recipes import OUTPUTS, identity, train_sae
 
-COLUMNS = ("arch", "target", "l0", "fvu", "explained_variance", "loss_recovered", "ce_clean", "ce_sae", "ce_zero_ablation",
-           "relative_reconstruction_bias", "dead_fraction")
+COLUMNS = (
+    "arch",
+    "target",
+    "l0",
+    "fvu",
+    "explained_variance",
+    "loss_recovered",
+    "ce_clean",
+    "ce_sae",
+    "ce_zero_ablation",
+    "relative_reconstruction_bias",
+    "dead_fraction",
+)
 
 
-def sweep(run_folder: Path, *, archs: list[str] | None = None, l0s: list[float], steps: int | None = None,
-          out: Path | None = None, overwrite: bool = False) -> list[dict]:
+def sweep(
+    run_folder: Path,
+    *,
+    archs: list[str] | None = None,
+    l0s: list[float],
+    steps: int | None = None,
+    out: Path | None = None,
+    overwrite: bool = False,
+) -> list[dict]:
     from ..data.store import open_store
     from ..evaluation.splice import evaluate_in_model, read_metrics, write_metrics
     from ..sae.persistence import load_sae
@@ -51,23 +70,42 @@ def sweep(run_folder: Path, *, archs: list[str] | None = None, l0s: list[float],
         by_k = registry.uses_k(arch)
         if by_k and l0 != int(l0):
             raise UsageError(f"{arch} needs a whole number of active features; --l0s has {l0:g}.")
-        section = replace(base.config.sae, arch=arch, k=int(l0) if by_k else base.config.sae.k,
-                          target_l0=None if by_k else l0, l1_coefficient=None, l0_coefficient=None)
+        section = replace(
+            base.config.sae,
+            arch=arch,
+            k=int(l0) if by_k else base.config.sae.k,
+            target_l0=None if by_k else l0,
+            l1_coefficient=None,
+            l0_coefficient=None,
+        )
         hook, model = base.config.model.hook, base.config.model.name
-        with OutputFolder(path, kind="sweep-point", identity={**identity(section, train_cfg, store.fingerprint(),
-                                                                         hook=hook, model=model),
-                                                              "evaluate": vars(base.config.evaluate)},
-                          owns=(*OUTPUTS, "metrics.json"), overwrite=overwrite, flag="--out") as folder:
+        with OutputFolder(
+            path,
+            kind="sweep-point",
+            identity={
+                **identity(section, train_cfg, store.fingerprint(), hook=hook, model=model),
+                "evaluate": vars(base.config.evaluate),
+            },
+            owns=(*OUTPUTS, "metrics.json"),
+            overwrite=overwrite,
+            flag="--out",
+        ) as folder:
             if not folder.has("sae"):
                 say(f"sweep: training {arch} at L0 {l0:g} ({index + 1}/{len(jobs)})")
             # ctx=DistContext(): this rank trains this SAE alone, whatever the process group.
-            train_sae(path, folder, section, train_cfg, store, d_in=store.d_in, hook=hook, model=model,
-                      ctx=DistContext())
+            train_sae(
+                path, folder, section, train_cfg, store, d_in=store.d_in, hook=hook, model=model, ctx=DistContext()
+            )
             if not folder.has("metrics.json"):
                 _, held_out = base.splits
-                metrics = evaluate_in_model(load_sae(path / "sae"), base.model, held_out,
-                                            max_tokens=base.config.evaluate.tokens,
-                                            batch_contexts=base.config.evaluate.batch_contexts, progress=True)
+                metrics = evaluate_in_model(
+                    load_sae(path / "sae"),
+                    base.model,
+                    held_out,
+                    max_tokens=base.config.evaluate.tokens,
+                    batch_contexts=base.config.evaluate.batch_contexts,
+                    progress=True,
+                )
                 write_metrics(folder.output("metrics.json"), metrics)
                 folder.finished("metrics.json")
     ctx.barrier()
@@ -77,8 +115,12 @@ def sweep(run_folder: Path, *, archs: list[str] | None = None, l0s: list[float],
     for arch, l0 in jobs:
         metrics = read_metrics(out / f"{arch}-L0_{l0:g}" / "metrics.json")
         rows.append({"arch": arch, "target": l0, **{k: metrics.get(k) for k in COLUMNS if k not in ("arch", "target")}})
-    with OutputFolder(out, kind="sweep", identity={"run": str(Path(run_folder).resolve())},
-                      owns=("sweep.json", "sweep.md", "pareto_fvu.png", "pareto_loss_recovered.png")) as folder:
+    with OutputFolder(
+        out,
+        kind="sweep",
+        identity={"run": str(Path(run_folder).resolve())},
+        owns=("sweep.json", "sweep.md", "pareto_fvu.png", "pareto_loss_recovered.png"),
+    ) as folder:
         atomic_write_json(folder.output("sweep.json"), rows)
         table = markdown_table(rows)
         atomic_write_text(folder.output("sweep.md"), table)
@@ -94,6 +136,7 @@ def markdown_table(rows: list[dict]) -> str:
 
     def cell(value):
         return f"{value:.4g}" if isinstance(value, float) else str(value)
+
     return header + "".join("| " + " | ".join(cell(row.get(c)) for c in COLUMNS) + " |\n" for row in rows)
 
 
@@ -104,11 +147,15 @@ def plot_pareto(rows: list[dict], out: Path, folder: OutputFolder) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    for metric, label, name in (("fvu", "fraction of variance unexplained (lower is better)", "pareto_fvu.png"),
-                                ("loss_recovered", "loss recovered (higher is better)", "pareto_loss_recovered.png")):
+    for metric, label, name in (
+        ("fvu", "fraction of variance unexplained (lower is better)", "pareto_fvu.png"),
+        ("loss_recovered", "loss recovered (higher is better)", "pareto_loss_recovered.png"),
+    ):
         figure, axes = plt.subplots(figsize=(6, 4.2), dpi=120)
         for arch in dict.fromkeys(row["arch"] for row in rows):
-            points = sorted((row["l0"], row[metric]) for row in rows if row["arch"] == arch and row.get(metric) is not None)
+            points = sorted(
+                (row["l0"], row[metric]) for row in rows if row["arch"] == arch and row.get(metric) is not None
+            )
             if points:
                 axes.plot(*zip(*points), marker="o", label=arch)
         axes.set_xscale("log")

@@ -11,16 +11,29 @@ Names are imported lazily (``saekit.data.open_store`` works) so that importing t
 package does not pull in transformers. ``harvest`` is reached as
 ``saekit.data.harvest.harvest`` (the module shares its name).
 """
+
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    "Document": "corpus", "TokenizedCorpus": "corpus", "default_corpus_path": "corpus",
-    "read_documents": "corpus", "tokenize": "corpus",
-    "LoadedModel": "model", "HookPoint": "model", "load_model": "model", "default_model_path": "model",
-    "parse_hook": "model", "valid_hooks": "model", "capture": "model", "splice": "model", "unembed": "model",
-    "ActivationStore": "store", "StoreError": "store", "open_store": "store",
+    "Document": "corpus",
+    "TokenizedCorpus": "corpus",
+    "default_corpus_path": "corpus",
+    "read_documents": "corpus",
+    "tokenize": "corpus",
+    "LoadedModel": "model",
+    "HookPoint": "model",
+    "load_model": "model",
+    "default_model_path": "model",
+    "parse_hook": "model",
+    "valid_hooks": "model",
+    "capture": "model",
+    "splice": "model",
+    "unembed": "model",
+    "ActivationStore": "store",
+    "StoreError": "store",
+    "open_store": "store",
     "LiveActivations": "buffer",
 }
 

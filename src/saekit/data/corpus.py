@@ -20,6 +20,7 @@ an SAE's reconstruction loss and its statistics.
 Everything is deterministic: files are read in sorted order, and the same documents
 with the same options give the same tokens and the same ``fingerprint``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -100,8 +101,13 @@ def read_documents(path: str | Path, text_field: str | None = None) -> list[Docu
             documents = _read_datasets_folder(path, text_field)
         else:
             files = sorted(
-                (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
-                 and not any(part.startswith(".") for part in p.relative_to(path).parts)),
+                (
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file()
+                    and p.suffix.lower() in TEXT_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                ),
                 key=lambda p: p.relative_to(path).as_posix(),
             )
             if not files:
@@ -166,7 +172,9 @@ def _read_json_lines(path: Path, text_field: str | None, not_utf8: list[str]) ->
             try:
                 rows.append((number, json.loads(line)))
             except json.JSONDecodeError as error:
-                raise UsageError(f"{path}:{number} is not valid JSON ({error.msg}); expected one object per line.") from None
+                raise UsageError(
+                    f"{path}:{number} is not valid JSON ({error.msg}); expected one object per line."
+                ) from None
     if not rows:
         raise UsageError(f"the corpus file {path} holds no JSON records.")
     number, first = rows[0]
@@ -260,9 +268,14 @@ class TokenizedCorpus:
         """The contexts at the given indices (int64 [n]), as a corpus of their own;
         ``tag`` distinguishes its fingerprint."""
         return TokenizedCorpus(
-            tokens=self.tokens[contexts], doc_ids=self.doc_ids[contexts], positions=self.positions[contexts],
-            train_mask=self.train_mask[contexts], sources=self.sources, options=self.options,
-            fingerprint=_sha256(self.fingerprint, tag), context_index=self.context_index[contexts],
+            tokens=self.tokens[contexts],
+            doc_ids=self.doc_ids[contexts],
+            positions=self.positions[contexts],
+            train_mask=self.train_mask[contexts],
+            sources=self.sources,
+            options=self.options,
+            fingerprint=_sha256(self.fingerprint, tag),
+            context_index=self.context_index[contexts],
         )
 
     def split(self, held_out_fraction: float, seed: int = 0) -> tuple[TokenizedCorpus, TokenizedCorpus]:
@@ -329,8 +342,8 @@ def tokenize(
     width = context_size - 1  # text tokens per context, after BOS
     special = np.array(sorted({bos, sep, *getattr(tokenizer, "all_special_ids", [])}), dtype=np.int64)
 
-    pieces: list[np.ndarray] = []   # token ids, in order
-    owners: list[np.ndarray] = []   # doc id of each token
+    pieces: list[np.ndarray] = []  # token ids, in order
+    owners: list[np.ndarray] = []  # doc id of each token
     n_stream = 0
     n_usable = 0  # stream tokens that will be in the train mask
     # Characters per tokenizer call: enough for the contexts asked for (≈ 8 characters a
@@ -407,12 +420,19 @@ def tokenize(
     # is in the tokens themselves.
     hashed = {k: v for k, v in options.items() if k != "tokenizer"}
     fingerprint = _sha256(
-        json.dumps(hashed, sort_keys=True), tokens.numpy().tobytes(), doc_ids.numpy().tobytes(),
+        json.dumps(hashed, sort_keys=True),
+        tokens.numpy().tobytes(),
+        doc_ids.numpy().tobytes(),
         train_mask.numpy().tobytes(),
     )
     return TokenizedCorpus(
-        tokens=tokens, doc_ids=doc_ids, positions=positions, train_mask=train_mask,
-        sources=tuple(d.source for d in documents), options=options, fingerprint=fingerprint,
+        tokens=tokens,
+        doc_ids=doc_ids,
+        positions=positions,
+        train_mask=train_mask,
+        sources=tuple(d.source for d in documents),
+        options=options,
+        fingerprint=fingerprint,
     )
 
 

@@ -11,6 +11,7 @@ Resume: a rerun skips every shard whose record is there and whose files match it
 checksums (and those an interrupted single-process harvest recorded in the manifest).
 The ranks must share the output folder's filesystem (all write into it).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,18 @@ def harvest_distributed(
     passes the same corpus and options and gets the finished store(s) back."""
     ctx = ctx if ctx is not None else DistContext.current()
     if not ctx.enabled:
-        return harvest(loaded, corpus, hooks, out, max_tokens=max_tokens, dtype=dtype, batch_contexts=batch_contexts,
-                       shard_tokens=shard_tokens, overwrite=overwrite, progress=progress)
+        return harvest(
+            loaded,
+            corpus,
+            hooks,
+            out,
+            max_tokens=max_tokens,
+            dtype=dtype,
+            batch_contexts=batch_contexts,
+            shard_tokens=shard_tokens,
+            overwrite=overwrite,
+            progress=progress,
+        )
     if batch_contexts < 1:
         raise UsageError("batch_contexts must be positive.")
     plan = plan_harvest(loaded, corpus, hooks, out, max_tokens=max_tokens, dtype=dtype, shard_tokens=shard_tokens)
@@ -57,18 +68,22 @@ def harvest_distributed(
     writers, error = {}, None
     if ctx.is_main:
         try:
-            writers = {name: StoreWriter(plan.paths[name], {**plan.header, "hook": name}, overwrite=overwrite)
-                       for name in plan.names}
+            writers = {
+                name: StoreWriter(plan.paths[name], {**plan.header, "hook": name}, overwrite=overwrite)
+                for name in plan.names
+            }
         except Exception as caught:  # re-raised below, once the other ranks know to stop
             error = caught
     try:
         if ctx.is_main and error is None:  # every file any rank may write, recorded as saekit's first
             for writer in writers.values():
-                writer.folder.output(*(f"{shard_name(s)}.{kind}" for s in range(plan.n_shards)
-                                       for kind in ("act", "tok", "json")))
+                writer.folder.output(
+                    *(f"{shard_name(s)}.{kind}" for s in range(plan.n_shards) for kind in ("act", "tok", "json"))
+                )
         ctx.raise_together(error, f"preparing the store(s) in {out}")
-        return _harvest_shards(loaded, corpus, plan, writers, ctx, batch_contexts=batch_contexts, progress=progress,
-                               out=out)
+        return _harvest_shards(
+            loaded, corpus, plan, writers, ctx, batch_contexts=batch_contexts, progress=progress, out=out
+        )
     finally:
         for writer in writers.values():
             writer.close()
@@ -78,13 +93,20 @@ def _harvest_shards(loaded, corpus, plan, writers, ctx, *, batch_contexts: int, 
 
     mine = list(range(ctx.rank, plan.n_shards, ctx.world_size))
     done = {name: _done_shards(plan.paths[name], mine) for name in plan.names}
-    todo_rows = sum(int(plan.mask[slice(*plan.contexts(s))].sum()) for s in mine
-                    if any(s not in done[name] for name in plan.names))
+    todo_rows = sum(
+        int(plan.mask[slice(*plan.contexts(s))].sum()) for s in mine if any(s not in done[name] for name in plan.names)
+    )
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=todo_rows, unit="tok", unit_scale=True, disable=not (progress and ctx.is_main),
-               desc=f"harvest {plan.names[0]}" + (f" (+{len(plan.names) - 1})" if len(plan.names) > 1 else "")
-               + f" [rank 0 of {ctx.world_size}]")
+    bar = tqdm(
+        total=todo_rows,
+        unit="tok",
+        unit_scale=True,
+        disable=not (progress and ctx.is_main),
+        desc=f"harvest {plan.names[0]}"
+        + (f" (+{len(plan.names) - 1})" if len(plan.names) > 1 else "")
+        + f" [rank 0 of {ctx.world_size}]",
+    )
     error = None
     try:
         with bar:
@@ -94,8 +116,15 @@ def _harvest_shards(loaded, corpus, plan, writers, ctx, *, batch_contexts: int, 
                     continue
                 parts, meta = harvest_shard(loaded, corpus, plan, shard, todo, batch_contexts=batch_contexts, bar=bar)
                 for name in todo:
-                    record = write_shard_files(plan.paths[name], shard, parts[name], meta, plan.contexts(shard),
-                                               dtype=plan.header["dtype"], d_in=plan.header["d_in"])
+                    record = write_shard_files(
+                        plan.paths[name],
+                        shard,
+                        parts[name],
+                        meta,
+                        plan.contexts(shard),
+                        dtype=plan.header["dtype"],
+                        d_in=plan.header["d_in"],
+                    )
                     atomic_write_json(_record_path(plan.paths[name], shard), record)
     except Exception as caught:
         error = caught

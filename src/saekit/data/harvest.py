@@ -9,6 +9,7 @@ keeps those that pass their checksum, and carries on from the first missing one.
 Only train-mask tokens are stored (see data/store.py). ``max_tokens`` stops after that
 many stored rows, cutting the last context short if needed.
 """
+
 from __future__ import annotations
 
 import math
@@ -125,10 +126,18 @@ def harvest_shard(
         if bar is not None:
             bar.update(int(keep.sum()))
     keep = mask[begin:end]
-    meta = torch.stack(
-        [corpus.tokens[begin:end][keep], corpus.doc_ids[begin:end][keep].long(),
-         corpus.positions[begin:end][keep].long()], dim=1,
-    ).numpy().astype(np.int32)
+    meta = (
+        torch.stack(
+            [
+                corpus.tokens[begin:end][keep],
+                corpus.doc_ids[begin:end][keep].long(),
+                corpus.positions[begin:end][keep].long(),
+            ],
+            dim=1,
+        )
+        .numpy()
+        .astype(np.int32)
+    )
     return {name: torch.cat(parts[name]) for name in names}, meta
 
 
@@ -166,9 +175,14 @@ def harvest(
 
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=plan.header["n_tokens"], initial=done_rows, unit="tok", unit_scale=True,
-                   disable=not progress or first == plan.n_shards,
-                   desc=f"harvest {names[0]}" + (f" (+{len(names) - 1})" if len(names) > 1 else ""))
+        bar = tqdm(
+            total=plan.header["n_tokens"],
+            initial=done_rows,
+            unit="tok",
+            unit_scale=True,
+            disable=not progress or first == plan.n_shards,
+            desc=f"harvest {names[0]}" + (f" (+{len(names) - 1})" if len(names) > 1 else ""),
+        )
         with bar:
             for shard in range(first, plan.n_shards):
                 todo = [name for name in names if writers[name].done_shards <= shard]
@@ -191,7 +205,8 @@ def _harvest_mask(corpus: TokenizedCorpus, max_tokens: int | None) -> tuple[torc
     if max_tokens is None or max_tokens >= total:
         if max_tokens is not None and max_tokens > total:
             warnings.warn(
-                f"the corpus has only {total} trainable tokens, fewer than the {max_tokens} asked for; harvesting all of them.",
+                f"the corpus has only {total} trainable tokens, fewer than the {max_tokens} asked for; "
+                "harvesting all of them.",
                 stacklevel=3,
             )
         return mask, len(corpus), total

@@ -3,6 +3,7 @@
 It yields the batches a store harvested with the same chunking would (data/shuffle.py),
 so training from the stream and from the store follow the same trajectory.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -49,7 +50,9 @@ class LiveActivations:
         self.contexts_per_chunk = contexts_per_chunk
         self.window_chunks = window_chunks
         per_context = corpus.train_mask.sum(dim=1)
-        self._chunks = [(c, min(c + contexts_per_chunk, len(corpus))) for c in range(0, len(corpus), contexts_per_chunk)]
+        self._chunks = [
+            (c, min(c + contexts_per_chunk, len(corpus))) for c in range(0, len(corpus), contexts_per_chunk)
+        ]
         self._chunk_rows = [int(per_context[a:b].sum()) for a, b in self._chunks]
         self.n_tokens = sum(self._chunk_rows)
         if self.n_tokens == 0:
@@ -59,7 +62,8 @@ class LiveActivations:
         return self.n_tokens
 
     def fingerprint(self) -> str:
-        return f"live:{self.loaded.name}:{self.loaded.fingerprint}:{self.hook}:{self.corpus.fingerprint}:{self.contexts_per_chunk}"
+        parts = (self.loaded.name, self.loaded.fingerprint, self.hook, self.corpus.fingerprint, self.contexts_per_chunk)
+        return "live:" + ":".join(map(str, parts))
 
     def _read(self, chunk: int) -> Tensor:
         """[rows, d_in] activations of one chunk's train-mask tokens, in the model's dtype."""
@@ -70,7 +74,9 @@ class LiveActivations:
         acts = capture(self.loaded, self.corpus.tokens[begin:end], [self.hook])[self.hook]
         return acts[mask.to(acts.device)]
 
-    def batches(self, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Tensor]:
+    def batches(
+        self, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1
+    ) -> Iterator[Tensor]:
         # Under a process group the ranks split each window's model work and exchange the
         # activations; without one (ranks simulated in one process) every rank computes
         # the whole window itself. The batches are the same either way.
@@ -80,16 +86,29 @@ class LiveActivations:
 
             ctx = DistContext.current()
             if (ctx.rank, ctx.world_size) != (rank, world_size):
-                raise UsageError(f"rank {rank} of {world_size} asked for, but the process group is rank {ctx.rank} of {ctx.world_size}.")
+                raise UsageError(
+                    f"rank {rank} of {world_size} asked for, but the process group is rank {ctx.rank} "
+                    f"of {ctx.world_size}."
+                )
 
             def read_window(chunks: list[int]) -> Tensor:
                 rows = [self._chunk_rows[c] for c in chunks]
-                return torch.cat(ctx.share_work(self._read, chunks, rows, width=self.d_in, dtype=self.loaded.dtype,
-                                                device=self.loaded.device))
+                return torch.cat(
+                    ctx.share_work(
+                        self._read, chunks, rows, width=self.d_in, dtype=self.loaded.dtype, device=self.loaded.device
+                    )
+                )
 
         return shuffled_batches(
-            self._read, self._chunk_rows, batch_size, seed=seed, start=start, rank=rank, world_size=world_size,
-            window_chunks=self.window_chunks, read_window=read_window,
+            self._read,
+            self._chunk_rows,
+            batch_size,
+            seed=seed,
+            start=start,
+            rank=rank,
+            world_size=world_size,
+            window_chunks=self.window_chunks,
+            read_window=read_window,
         )
 
     def iterate_once(self, batch_size: int) -> Iterator[Tensor]:

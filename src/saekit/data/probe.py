@@ -1,5 +1,6 @@
 """A model's residual width from its metadata alone (no weights loaded), so that a run's
 configuration (k ≤ d_sae, ...) is checked before any work starts."""
+
 from __future__ import annotations
 
 import json

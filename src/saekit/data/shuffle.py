@@ -16,6 +16,7 @@ every batch mixes rows from ``window_chunks`` random places. Global batch i depe
 of W takes rows [r·b, (r+1)·b) of it (b = batch_size / W), so W ranks together see
 exactly the batches of one. ``start`` skips whole windows without reading them.
 """
+
 from __future__ import annotations
 
 import hashlib

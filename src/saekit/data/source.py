@@ -12,6 +12,7 @@ implement it; this module adapts an in-memory tensor or any iterable of batches.
 
 For evaluation, ``iterate_once(data, batch_size)`` walks a finite source in order.
 """
+
 from __future__ import annotations
 
 import itertools

@@ -18,6 +18,7 @@ Writers (``StoreWriter``) add one shard at a time, each written atomically and t
 recorded in the manifest (also atomically), so an interrupted harvest leaves a valid
 prefix of shards that a rerun verifies and continues from.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,11 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 def _check_manifest(m: dict[str, Any], where: Path) -> None:
     """Types, ranges and shard names of a manifest, before any number in it is used."""
+
     def bad(what: str) -> StoreError:
-        return StoreError(f"{where}: {what}; the manifest is damaged or was not written by saekit. Harvest the store again.")
+        return StoreError(
+            f"{where}: {what}; the manifest is damaged or was not written by saekit. Harvest the store again."
+        )
 
     if m.get("dtype") not in STORE_DTYPES:
         raise bad(f"dtype is {m.get('dtype')!r}, not one of {sorted(STORE_DTYPES)}")
@@ -100,12 +104,15 @@ def _check_manifest(m: dict[str, Any], where: Path) -> None:
             raise bad(f"shard {index} is not a record")
         name = shard.get("name")
         if name != shard_name(index) or not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
-            raise bad(f"shard {index} is named {name!r}, not {shard_name(index)!r} (shard files must lie inside the store)")
+            raise bad(
+                f"shard {index} is named {name!r}, not {shard_name(index)!r} (shard files must lie inside the store)"
+            )
         rows, sums = shard.get("rows"), shard.get("sha256")
         if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
             raise bad(f"shard {name} has {rows!r} rows")
-        if not isinstance(sums, dict) or not all(isinstance(sums.get(k), str) and _HEX64.fullmatch(sums[k])
-                                                 for k in ("act", "tok")):
+        if not isinstance(sums, dict) or not all(
+            isinstance(sums.get(k), str) and _HEX64.fullmatch(sums[k]) for k in ("act", "tok")
+        ):
             raise bad(f"shard {name} has no sha256 checksums")
 
 
@@ -156,17 +163,23 @@ class ActivationStore:
             what = "does not exist" if not path.exists() else "has no manifest.json"
             raise StoreError(f"{path} {what}: it is not an activation store. Make one with `saekit harvest`.")
         if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise StoreError(f"{manifest_path} is {manifest_path.stat().st_size:,} bytes, more than any store's "
-                             "manifest; it is not a saekit manifest. Harvest the store again.")
+            raise StoreError(
+                f"{manifest_path} is {manifest_path.stat().st_size:,} bytes, more than any store's "
+                "manifest; it is not a saekit manifest. Harvest the store again."
+            )
         try:
             self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise StoreError(f"{manifest_path} is not valid JSON ({error}); the store is damaged, harvest it again.") from None
+            raise StoreError(
+                f"{manifest_path} is not valid JSON ({error}); the store is damaged, harvest it again."
+            ) from None
         m = self.manifest
         if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("version") != VERSION:
             got = (m.get("format"), m.get("version")) if isinstance(m, dict) else (type(m).__name__, None)
-            raise StoreError(f"{manifest_path} is not a version-{VERSION} saekit activation store "
-                             f"(format {got[0]!r}, version {got[1]!r}).")
+            raise StoreError(
+                f"{manifest_path} is not a version-{VERSION} saekit activation store "
+                f"(format {got[0]!r}, version {got[1]!r})."
+            )
         _check_manifest(m, manifest_path)
         if not m.get("complete"):
             raise StoreError(
@@ -182,7 +195,8 @@ class ActivationStore:
         self._offsets = np.concatenate([[0], np.cumsum(self._shard_rows, dtype=np.int64)])
         if int(self._offsets[-1]) != self.n_tokens:
             raise StoreError(
-                f"the manifest of {path} says {self.n_tokens} tokens but its shards hold {int(self._offsets[-1])} rows; "
+                f"the manifest of {path} says {self.n_tokens} tokens but its shards hold "
+                f"{int(self._offsets[-1])} rows; "
                 "the manifest does not match its shards. Harvest the store again."
             )
         for shard in m["shards"]:
@@ -194,7 +208,8 @@ class ActivationStore:
                 if file.stat().st_size != expected:
                     raise StoreError(
                         f"shard file {file} has {file.stat().st_size} bytes but the manifest implies {expected} "
-                        f"({shard['rows']} rows); it is truncated or does not belong to this manifest. Harvest the store again."
+                        f"({shard['rows']} rows); it is truncated or does not belong to this manifest. "
+                        "Harvest the store again."
                     )
         self.activations = _Rows(self, "act")
         """[n_tokens, d_in] rows in the stored dtype, memory-mapped."""
@@ -206,7 +221,10 @@ class ActivationStore:
         return self.n_tokens
 
     def __repr__(self) -> str:
-        return f"ActivationStore({str(self.path)!r}, hook={self.hook!r}, n_tokens={self.n_tokens}, d_in={self.d_in}, dtype={self.manifest['dtype']})"
+        return (
+            f"ActivationStore({str(self.path)!r}, hook={self.hook!r}, n_tokens={self.n_tokens}, d_in={self.d_in}, "
+            f"dtype={self.manifest['dtype']})"
+        )
 
     # -- memory maps: each read maps just the rows it needs and drops the map afterwards,
     # so the address space used stays at the size of one read whatever the store's size.
@@ -217,8 +235,13 @@ class ActivationStore:
             dtype, width = self._np_dtype, self.d_in
         else:
             dtype, width = _META_DTYPE, len(META_COLUMNS)
-        return np.memmap(self.path / f"{name}.{kind}", dtype=dtype, mode="r", offset=begin * width * dtype.itemsize,
-                         shape=(end - begin, width))
+        return np.memmap(
+            self.path / f"{name}.{kind}",
+            dtype=dtype,
+            mode="r",
+            offset=begin * width * dtype.itemsize,
+            shape=(end - begin, width),
+        )
 
     def _empty(self, kind: str, rows: int) -> np.ndarray:
         if kind == "act":
@@ -252,8 +275,11 @@ class ActivationStore:
     def verify(self) -> None:
         """Recompute every shard file's sha256 (streamed, in parallel) and compare with the
         manifest; raise naming every file that fails."""
-        files = {self.path / f"{s['name']}.{kind}": s["sha256"][kind] for s in self.manifest["shards"]
-                 for kind in ("act", "tok")}
+        files = {
+            self.path / f"{s['name']}.{kind}": s["sha256"][kind]
+            for s in self.manifest["shards"]
+            for kind in ("act", "tok")
+        }
         actual = sha256_files(files)
         bad = [path.name for path, expected in files.items() if actual[path] != expected]
         if bad:
@@ -272,8 +298,10 @@ class ActivationStore:
             bad = ~torch.isfinite(values)
             if bool(bad.any()):
                 row, column = (int(i) for i in bad.nonzero()[0])
-                return (f"{record['name']}.act row {row} (store row {int(self._offsets[shard]) + row}), column {column}: "
-                        f"{float(values[row, column])}")
+                return (
+                    f"{record['name']}.act row {row} (store row {int(self._offsets[shard]) + row}), column {column}: "
+                    f"{float(values[row, column])}"
+                )
         return None
 
     def _as_tensor(self, array: np.ndarray) -> Tensor:
@@ -324,8 +352,14 @@ class ActivationStore:
             return self.activations[base + begin : base + end]
 
         return shuffled_batches(
-            read_chunk, [end - begin for _, begin, end in chunks], batch_size, seed=seed, start=start, rank=rank,
-            world_size=world_size, window_chunks=window_chunks,
+            read_chunk,
+            [end - begin for _, begin, end in chunks],
+            batch_size,
+            seed=seed,
+            start=start,
+            rank=rank,
+            world_size=world_size,
+            window_chunks=window_chunks,
         )
 
     def iterate_once(self, batch_size: int) -> Iterator[Tensor]:
@@ -336,8 +370,18 @@ class ActivationStore:
 
 # ---- writing ------------------------------------------------------------------------------
 
-IDENTITY_KEYS = ("model", "model_fingerprint", "hook", "dtype", "d_in", "context_size", "corpus_fingerprint", "n_tokens",
-                 "shard_contexts", "n_shards")
+IDENTITY_KEYS = (
+    "model",
+    "model_fingerprint",
+    "hook",
+    "dtype",
+    "d_in",
+    "context_size",
+    "corpus_fingerprint",
+    "n_tokens",
+    "shard_contexts",
+    "n_shards",
+)
 """Manifest fields that say what a store holds: a rerun resumes or reuses a store only
 when all of them match."""
 KIND = "activation-store"
@@ -393,12 +437,18 @@ class StoreWriter:
         if header["dtype"] not in STORE_DTYPES:
             raise UsageError(f"store dtype {header['dtype']!r} is not supported; use one of {sorted(STORE_DTYPES)}.")
         _adopt_legacy_store(self.path)
-        self.folder = OutputFolder(self.path, kind=KIND, identity={k: header[k] for k in IDENTITY_KEYS},
-                                   owns=(MANIFEST,), overwrite=overwrite)
+        self.folder = OutputFolder(
+            self.path, kind=KIND, identity={k: header[k] for k in IDENTITY_KEYS}, owns=(MANIFEST,), overwrite=overwrite
+        )
         self.folder.open()
         try:
-            self.manifest: dict[str, Any] = {"format": FORMAT, "version": VERSION, "complete": False, **header,
-                                             "shards": []}
+            self.manifest: dict[str, Any] = {
+                "format": FORMAT,
+                "version": VERSION,
+                "complete": False,
+                **header,
+                "shards": [],
+            }
             old = self._read_old_manifest(self.path / MANIFEST) if self.folder.resumed else None
             if old is not None and old.get("complete"):
                 self.manifest = old
@@ -448,8 +498,9 @@ class StoreWriter:
         if index != self.done_shards:
             raise UsageError(f"shard {index} written out of order; the next shard is {self.done_shards}.")
         names = self.shard_files(index)
-        record = write_shard_files(self.path, index, activations, meta, contexts, dtype=self.manifest["dtype"],
-                                   d_in=self.manifest["d_in"])
+        record = write_shard_files(
+            self.path, index, activations, meta, contexts, dtype=self.manifest["dtype"], d_in=self.manifest["d_in"]
+        )
         self.folder.finished(*names)
         self.manifest["shards"].append(record)
         self._save_manifest()
@@ -502,7 +553,14 @@ def _adopt_legacy_store(path: Path) -> None:
         return
     shards = [s for s in old.get("shards", []) if isinstance(s, dict) and _SHARD_NAME.fullmatch(str(s.get("name")))]
     written = [MANIFEST] + [f"{s['name']}.{kind}" for s in shards for kind in ("act", "tok")]
-    atomic_write_json(path / MANIFEST_FILE, {
-        "format": FOLDER_FORMAT, "version": FOLDER_VERSION, "kind": KIND,
-        "identity": {k: old.get(k) for k in IDENTITY_KEYS}, "written": written, "writing": [],
-    })
+    atomic_write_json(
+        path / MANIFEST_FILE,
+        {
+            "format": FOLDER_FORMAT,
+            "version": FOLDER_VERSION,
+            "kind": KIND,
+            "identity": {k: old.get(k) for k in IDENTITY_KEYS},
+            "written": written,
+            "writing": [],
+        },
+    )

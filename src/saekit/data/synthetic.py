@@ -10,6 +10,7 @@ when u_i < Φ⁻¹(p_i), u ~ N(0, Σ) with Σ = (1 − ρ) I + ρ within groups 
 Recovery (Sharkey et al. 2022): for each true direction its best cosine similarity
 with any learned decoder row; the mean is the MMCS.
 """
+
 from __future__ import annotations
 
 import math
@@ -66,7 +67,9 @@ class ToyDictionary:
 
     # A batch source (see data/source.py): batch i is drawn from its own seed, so the
     # stream is endless, reproducible and the same whatever the number of ranks.
-    def batches(self, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Tensor]:
+    def batches(
+        self, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1
+    ) -> Iterator[Tensor]:
         per_rank = batch_size // world_size
         i = start
         while True:

@@ -13,6 +13,7 @@ Firing frequency of feature i: the fraction of tokens with f_ti > 0; dead: never
 on the evaluated tokens; dense: fires on more than ``dense_threshold`` of them.
 Sums are accumulated in float64 in one streaming pass, so any amount of data fits.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -50,16 +51,18 @@ def evaluate(
         f = sae.encode(x).float()
         x_hat = sae.decode(f).float()
         active = f > 0
-        acc += torch.stack([
-            torch.tensor(float(x.shape[0]), device=device),
-            active.sum(),
-            f.abs().sum(),
-            (x - x_hat).pow(2).sum(),
-            x.pow(2).sum(),
-            x_hat.pow(2).sum(),
-            (x * x_hat).sum(),
-            torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).sum(),
-        ]).double()
+        acc += torch.stack(
+            [
+                torch.tensor(float(x.shape[0]), device=device),
+                active.sum(),
+                f.abs().sum(),
+                (x - x_hat).pow(2).sum(),
+                x.pow(2).sum(),
+                x_hat.pow(2).sum(),
+                (x * x_hat).sum(),
+                torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).sum(),
+            ]
+        ).double()
         sum_x += x.sum(0).double()
         fired += active.sum(0).double()
     if was_training:

@@ -27,6 +27,7 @@ The activation metrics (L0, FVU, explained variance, dead and dense fractions, r
 reconstruction bias, ...) come from ``saekit.evaluate`` on the activations of the same
 tokens, so the two sets of numbers describe the same data.
 """
+
 from __future__ import annotations
 
 import math
@@ -79,8 +80,10 @@ def evaluate_in_model(
     try:
         mean = _RunningMean(loaded.d_model)
         activation_metrics = evaluate(
-            sae, mean.tap(_masked_activations(loaded, hook, corpus, batch_contexts, progress)),
-            batch_size=1 << 16, dense_threshold=dense_threshold,
+            sae,
+            mean.tap(_masked_activations(loaded, hook, corpus, batch_contexts, progress)),
+            batch_size=1 << 16,
+            dense_threshold=dense_threshold,
         )
         ce = _spliced_cross_entropies(sae, loaded, hook, corpus, mean.value(), batch_contexts, progress)
     finally:
@@ -115,8 +118,13 @@ def _masked_activations(
 
 
 def _spliced_cross_entropies(
-    sae: SparseAutoencoder, loaded: LoadedModel, hook: str, corpus: TokenizedCorpus,
-    mean: Tensor, batch_contexts: int, progress: bool,
+    sae: SparseAutoencoder,
+    loaded: LoadedModel,
+    hook: str,
+    corpus: TokenizedCorpus,
+    mean: Tensor,
+    batch_contexts: int,
+    progress: bool,
 ) -> dict[str, float]:
     sae_device = sae.W_dec.device
     mean = mean.to(loaded.device)
@@ -199,7 +207,9 @@ def _batches(
     consecutive contexts."""
     from tqdm.auto import tqdm
 
-    for begin in tqdm(range(0, len(corpus), batch_contexts), desc=desc, unit="batch", disable=not progress, leave=False):
+    for begin in tqdm(
+        range(0, len(corpus), batch_contexts), desc=desc, unit="batch", disable=not progress, leave=False
+    ):
         end = begin + batch_contexts
         yield corpus.tokens[begin:end], corpus.train_mask[begin:end], corpus.doc_ids[begin:end] >= 0
 
@@ -226,7 +236,9 @@ class _RunningMean:
 def _check_inputs(sae: SparseAutoencoder, loaded: LoadedModel, hook: str | None, batch_contexts: int) -> str:
     hook = hook or sae.cfg.hook
     if hook is None:
-        raise ValueError("the SAE's cfg.json names no hook point; pass hook= (CLI: --hook), e.g. 'layers.15.resid_post'.")
+        raise ValueError(
+            "the SAE's cfg.json names no hook point; pass hook= (CLI: --hook), e.g. 'layers.15.resid_post'."
+        )
     hook = str(resolve_hook(loaded, hook))
     if sae.d_in != loaded.d_model:
         raise ValueError(
@@ -234,9 +246,7 @@ def _check_inputs(sae: SparseAutoencoder, loaded: LoadedModel, hook: str | None,
             "evaluate it with the model it was trained on."
         )
     if sae.cfg.model and sae.cfg.model != loaded.name:
-        warnings.warn(
-            f"the SAE was trained on {sae.cfg.model!r} but is evaluated in {loaded.name!r}.", stacklevel=3
-        )
+        warnings.warn(f"the SAE was trained on {sae.cfg.model!r} but is evaluated in {loaded.name!r}.", stacklevel=3)
     if batch_contexts < 1:
         raise ValueError(f"batch_contexts (contexts per forward pass) must be at least 1, got {batch_contexts}.")
     return hook

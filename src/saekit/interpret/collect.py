@@ -11,6 +11,7 @@ Per batch of whole contexts: run the model to the hook point, encode with the SA
 Memory is bounded by the state, O(d_sae · (n + n') · window + d_sae · n_bins), and one
 batch of features, whatever the corpus size.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,9 @@ def collect_feature_stats(
     from tqdm.auto import tqdm
 
     try:
-        bar = tqdm(total=corpus.n_tokens, desc=f"feature stats {hook}", unit="tok", unit_scale=True,
-                   disable=not progress)
+        bar = tqdm(
+            total=corpus.n_tokens, desc=f"feature stats {hook}", unit="tok", unit_scale=True, disable=not progress
+        )
         with bar:
             for begin in range(0, len(corpus), batch_contexts):
                 end = begin + batch_contexts
@@ -82,9 +84,16 @@ def collect_feature_stats(
     if state.n_tokens == 0:
         raise ValueError("the corpus has no train-mask tokens: there is nothing to collect statistics on.")
     meta = {
-        "model": loaded.name, "hook": hook, "corpus_fingerprint": corpus.fingerprint,
-        "context_size": corpus.context_size, "n_contexts": len(corpus), "sae_arch": sae.cfg.arch,
-        "n_top": n_top, "n_random": n_random, "window": list(window), "seed": seed,
+        "model": loaded.name,
+        "hook": hook,
+        "corpus_fingerprint": corpus.fingerprint,
+        "context_size": corpus.context_size,
+        "n_contexts": len(corpus),
+        "sae_arch": sae.cfg.arch,
+        "n_top": n_top,
+        "n_random": n_random,
+        "window": list(window),
+        "seed": seed,
     }
     return state.result(logit_effects(sae, loaded, hook, k=n_logits), meta)
 
@@ -144,17 +153,24 @@ class _State:
         edges = self.edges if self.edges is not None else _log_edges(_default_range(1.0), self.bins_per_decade)
         hist = self.hist if self.hist is not None else torch.zeros(self.d_sae, len(edges) - 1, dtype=torch.int64)
         return FeatureStats(
-            n_tokens=self.n_tokens, count=self.count.cpu(), activation_sum=self.activation_sum.cpu(),
-            max_activation=self.max_activation.cpu(), hist_edges=edges.cpu(), hist_counts=hist.cpu(),
-            l0_counts=self.l0_counts.cpu(), top=self.top.result("key"), random=self.random.result("value"),
-            logits=logits, meta=meta,
+            n_tokens=self.n_tokens,
+            count=self.count.cpu(),
+            activation_sum=self.activation_sum.cpu(),
+            max_activation=self.max_activation.cpu(),
+            hist_edges=edges.cpu(),
+            hist_counts=hist.cpu(),
+            l0_counts=self.l0_counts.cpu(),
+            top=self.top.result("key"),
+            random=self.random.result("value"),
+            logits=logits,
+            meta=meta,
         )
 
 
 def _default_range(largest: float) -> tuple[float, float]:
     """Whole decades: one above the largest activation seen, six below it."""
     top = math.ceil(math.log10(largest)) + 1 if largest > 0 else 1
-    return 10.0 ** (top - 7), 10.0 ** top
+    return 10.0 ** (top - 7), 10.0**top
 
 
 def _log_edges(hist_range: tuple[float, float], bins_per_decade: int) -> Tensor:

@@ -12,6 +12,7 @@ random key per firing it keeps a uniform random sample without replacement of ea
 feature's firings (priority sampling: the n largest of i.i.d. keys are a uniform
 n-subset).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,19 +60,28 @@ class Examples:
         """The examples of one feature, in stored order, empty slots left out."""
         keep = (self.context[feature] >= 0).nonzero().flatten().tolist()
         return [
-            Example(float(self.values[feature, j]), int(self.context[feature, j]), int(self.position[feature, j]),
-                    self.tokens[feature, j].tolist(), self.acts[feature, j].tolist())
+            Example(
+                float(self.values[feature, j]),
+                int(self.context[feature, j]),
+                int(self.position[feature, j]),
+                self.tokens[feature, j].tolist(),
+                self.acts[feature, j].tolist(),
+            )
             for j in keep
         ]
 
     def tensors(self, prefix: str) -> dict[str, Tensor]:
-        return {f"{prefix}.{name}": getattr(self, name).contiguous()
-                for name in ("values", "context", "position", "tokens", "acts")}
+        return {
+            f"{prefix}.{name}": getattr(self, name).contiguous()
+            for name in ("values", "context", "position", "tokens", "acts")
+        }
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor], prefix: str, before: int) -> Examples:
-        return cls(**{name: tensors[f"{prefix}.{name}"] for name in ("values", "context", "position", "tokens", "acts")},
-                   before=before)
+        return cls(
+            **{name: tensors[f"{prefix}.{name}"] for name in ("values", "context", "position", "tokens", "acts")},
+            before=before,
+        )
 
 
 class ExampleHeap:
@@ -101,11 +111,11 @@ class ExampleHeap:
         n_take = min(self.n, B * T)
         if n_take == 0:
             return
-        new_keys, flat = keys.topk(n_take, dim=0)      # [n_take, d_sae]: the batch's best per feature
-        new_keys, flat = new_keys.t(), flat.t()          # [d_sae, n_take]
+        new_keys, flat = keys.topk(n_take, dim=0)  # [n_take, d_sae]: the batch's best per feature
+        new_keys, flat = new_keys.t(), flat.t()  # [d_sae, n_take]
         b, t = flat // T, flat % T
         feature = torch.arange(d_sae, device=f.device)[:, None]
-        window = t[..., None] + self.offsets            # [d_sae, n_take, W]
+        window = t[..., None] + self.offsets  # [d_sae, n_take, W]
         inside = (window >= 0) & (window < T)
         window = window.clamp(0, T - 1)
         rows = b[..., None].expand_as(window)

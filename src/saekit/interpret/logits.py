@@ -14,6 +14,7 @@ the direction is already normalised and effect_i = W_U d_i.
 This is the direct path only: layers after the hook point can change what a feature
 finally does to the output.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,5 +46,6 @@ def logit_effects(
         promoted_values.append(top.values.cpu())
         suppressed.append(bottom.indices.cpu())
         suppressed_values.append((-bottom.values).cpu())
-    return LogitEffects(torch.cat(promoted), torch.cat(promoted_values), torch.cat(suppressed),
-                        torch.cat(suppressed_values))
+    return LogitEffects(
+        torch.cat(promoted), torch.cat(promoted_values), torch.cat(suppressed), torch.cat(suppressed_values)
+    )

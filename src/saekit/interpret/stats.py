@@ -3,6 +3,7 @@
 Saved as one safetensors file (tensors, plus a JSON header in its metadata): no pickle,
 so loading never runs code from the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,19 +97,36 @@ class FeatureStats:
         feature_stats.safetensors (a new folder appears only once complete)."""
         path = Path(path)
         tensors = {
-            "count": self.count, "activation_sum": self.activation_sum, "max_activation": self.max_activation,
-            "hist_edges": self.hist_edges, "hist_counts": self.hist_counts, "l0_counts": self.l0_counts,
-            **self.top.tensors("top"), **self.random.tensors("random"),
+            "count": self.count,
+            "activation_sum": self.activation_sum,
+            "max_activation": self.max_activation,
+            "hist_edges": self.hist_edges,
+            "hist_counts": self.hist_counts,
+            "l0_counts": self.l0_counts,
+            **self.top.tensors("top"),
+            **self.random.tensors("random"),
         }
         if self.logits is not None:
-            tensors.update({f"logits.{name}": getattr(self.logits, name)
-                            for name in ("promoted", "promoted_values", "suppressed", "suppressed_values")})
-        header = {"format": FORMAT, "n_tokens": self.n_tokens, "top_before": self.top.before,
-                  "random_before": self.random.before, "meta": self.meta}
+            tensors.update(
+                {
+                    f"logits.{name}": getattr(self.logits, name)
+                    for name in ("promoted", "promoted_values", "suppressed", "suppressed_values")
+                }
+            )
+        header = {
+            "format": FORMAT,
+            "n_tokens": self.n_tokens,
+            "top_before": self.top.before,
+            "random_before": self.random.before,
+            "meta": self.meta,
+        }
 
         def write(file: Path) -> None:
-            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(file),
-                      metadata={"saekit": json.dumps(header)})
+            save_file(
+                {k: v.contiguous().cpu() for k, v in tensors.items()},
+                str(file),
+                metadata={"saekit": json.dumps(header)},
+            )
 
         if path.suffix == ".safetensors" or path.is_dir():
             file = path if path.suffix == ".safetensors" else path / STATS_FILE
@@ -137,17 +155,28 @@ class FeatureStats:
         except (SafetensorError, OSError, json.JSONDecodeError) as error:
             raise ValueError(f"{path} is not a readable feature-statistics file: {error}") from None
         if header.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a saekit feature-statistics file (format {header.get('format')!r}, "
-                             f"expected {FORMAT!r}).")
+            raise ValueError(
+                f"{path} is not a saekit feature-statistics file (format {header.get('format')!r}, "
+                f"expected {FORMAT!r})."
+            )
         logits = None
         if "logits.promoted" in tensors:
-            logits = LogitEffects(*(tensors[f"logits.{name}"] for name in
-                                    ("promoted", "promoted_values", "suppressed", "suppressed_values")))
+            logits = LogitEffects(
+                *(
+                    tensors[f"logits.{name}"]
+                    for name in ("promoted", "promoted_values", "suppressed", "suppressed_values")
+                )
+            )
         return cls(
-            n_tokens=int(header["n_tokens"]), count=tensors["count"], activation_sum=tensors["activation_sum"],
-            max_activation=tensors["max_activation"], hist_edges=tensors["hist_edges"],
-            hist_counts=tensors["hist_counts"], l0_counts=tensors["l0_counts"],
+            n_tokens=int(header["n_tokens"]),
+            count=tensors["count"],
+            activation_sum=tensors["activation_sum"],
+            max_activation=tensors["max_activation"],
+            hist_edges=tensors["hist_edges"],
+            hist_counts=tensors["hist_counts"],
+            l0_counts=tensors["l0_counts"],
             top=Examples.from_tensors(tensors, "top", header["top_before"]),
             random=Examples.from_tensors(tensors, "random", header["random_before"]),
-            logits=logits, meta=header.get("meta", {}),
+            logits=logits,
+            meta=header.get("meta", {}),
         )

@@ -11,6 +11,7 @@ Jinja's ``tojson`` (which escapes <, >, & and '), and the scripts put text into 
 with ``textContent`` only, so corpus text is always shown as text. A Content-Security-
 Policy allows only the dashboard's own script files to run.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,10 @@ def write_report(
     index.html is written last, so a report folder with one is complete.
     """
     if stats.d_sae != sae.d_sae:
-        raise ValueError(f"the statistics are of an SAE with {stats.d_sae} features, but this SAE has {sae.d_sae}; "
-                         "collect them again for this SAE.")
+        raise ValueError(
+            f"the statistics are of an SAE with {stats.d_sae} features, but this SAE has {sae.d_sae}; "
+            "collect them again for this SAE."
+        )
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}.")
     n_shown = stats.d_sae if n_features is None else max(1, min(int(n_features), stats.d_sae))
@@ -62,7 +65,10 @@ def write_report(
     text = TokenText(tokenizer)
     run = _run_info(sae, stats, metrics)
 
-    plots = [{"caption": caption, "src": f"plots/{path.name}"} for caption, path in write_plots(out_dir / "plots", stats, metrics)]
+    plots = [
+        {"caption": caption, "src": f"plots/{path.name}"}
+        for caption, path in write_plots(out_dir / "plots", stats, metrics)
+    ]
     (out_dir / "assets").mkdir(exist_ok=True)
     for name in ASSETS:
         with resources.as_file(resources.files(__package__) / "templates" / name) as source:
@@ -72,15 +78,26 @@ def write_report(
     for index, begin in enumerate(range(0, n_shown, shard_size)):
         end = min(begin + shard_size, n_shown)
         data = _shard(stats, range(begin, end), text)
-        atomic_write_text(out_dir / "data" / f"shard-{index:04d}.js",
-                          shard_template.render(index=index, first=begin, last=end - 1, data=data))
+        atomic_write_text(
+            out_dir / "data" / f"shard-{index:04d}.js",
+            shard_template.render(index=index, first=begin, last=end - 1, data=data),
+        )
 
-    config = {"shard_size": shard_size, "n_shown": n_shown, "n_tokens": stats.n_tokens, "before": stats.top.before,
-              "hist_edges": [float(x) for x in stats.hist_edges]}
+    config = {
+        "shard_size": shard_size,
+        "n_shown": n_shown,
+        "n_tokens": stats.n_tokens,
+        "before": stats.top.before,
+        "hist_edges": [float(x) for x in stats.hist_edges],
+    }
     atomic_write_text(out_dir / "feature.html", env.get_template("feature.html.j2").render(run=run, config=config))
     index_html = env.get_template("index.html.j2").render(
-        run=run, title=title or f"SAE on {run['model']} at {run['hook']}", cards=_cards(metrics, stats),
-        metric_rows=table_rows(metrics) if metrics else [], about=_about(sae, stats, n_shown), plots=plots,
+        run=run,
+        title=title or f"SAE on {run['model']} at {run['hook']}",
+        cards=_cards(metrics, stats),
+        metric_rows=table_rows(metrics) if metrics else [],
+        about=_about(sae, stats, n_shown),
+        plots=plots,
         index=_index(stats, n_shown, text),
     )
     path = out_dir / "index.html"
@@ -91,8 +108,13 @@ def write_report(
 def _environment():
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    return Environment(loader=PackageLoader("saekit.report", "templates"), autoescape=True,
-                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return Environment(
+        loader=PackageLoader("saekit.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 class TokenText:
@@ -126,19 +148,31 @@ def _shard(stats: FeatureStats, features: range, text: TokenText) -> dict[str, A
         nonzero = [i for i, n in enumerate(hist[j]) if n]  # shown: the bins used, and one empty bin each side
         first, last = (max(0, nonzero[0] - 1), min(len(hist[j]), nonzero[-1] + 2)) if nonzero else (0, 0)
         entry = {
-            "count": int(stats.count[feature]), "frequency": float(stats.frequency[feature]),
-            "max": _round(float(stats.max_activation[feature])), "mean": _round(float(stats.mean_activation[feature])),
-            "hist": [first, hist[j][first:last]], "top": top[j], "random": randoms,
+            "count": int(stats.count[feature]),
+            "frequency": float(stats.frequency[feature]),
+            "max": _round(float(stats.max_activation[feature])),
+            "mean": _round(float(stats.mean_activation[feature])),
+            "hist": [first, hist[j][first:last]],
+            "top": top[j],
+            "random": randoms,
         }
         if logits is not None:
-            entry["promoted"] = [[int(t), _round(float(v))] for t, v in zip(logits.promoted[feature], logits.promoted_values[feature])]
-            entry["suppressed"] = [[int(t), _round(float(v))] for t, v in zip(logits.suppressed[feature], logits.suppressed_values[feature])]
+            entry["promoted"] = [
+                [int(t), _round(float(v))] for t, v in zip(logits.promoted[feature], logits.promoted_values[feature])
+            ]
+            entry["suppressed"] = [
+                [int(t), _round(float(v))]
+                for t, v in zip(logits.suppressed[feature], logits.suppressed_values[feature])
+            ]
             used.update(t for t, _ in entry["promoted"] + entry["suppressed"])
         for example in top[j] + random[j]:
             used.update(t for t in example[3] if t >= 0)
         out[str(feature)] = entry
-    return {"features": out, "vocab": {str(t): text(t) for t in sorted(used)},
-            "special": sorted(t for t in used if t in text.special)}
+    return {
+        "features": out,
+        "vocab": {str(t): text(t) for t in sorted(used)},
+        "special": sorted(t for t in used if t in text.special),
+    }
 
 
 def _examples(examples, s: slice) -> list[list[list]]:
@@ -149,8 +183,11 @@ def _examples(examples, s: slice) -> list[list[list]]:
     tokens = examples.tokens[s].tolist()
     acts = torch.round(examples.acts[s].double(), decimals=3).tolist()
     return [
-        [[_round(values[f][j]), context[f][j], position[f][j], tokens[f][j], acts[f][j]]
-         for j in range(len(context[f])) if context[f][j] >= 0]
+        [
+            [_round(values[f][j]), context[f][j], position[f][j], tokens[f][j], acts[f][j]]
+            for j in range(len(context[f]))
+            if context[f][j] >= 0
+        ]
         for f in range(len(context))
     ]
 
@@ -168,32 +205,52 @@ def _index(stats: FeatureStats, n_shown: int, text: TokenText) -> dict[str, Any]
         for ctx, window in zip(stats.top.context[feature].tolist(), stats.top.tokens[feature, :, centre].tolist()):
             if ctx >= 0 and text(window) not in tokens:
                 tokens.append(text(window))
-        promoted = [text(int(t)) for t in stats.logits.promoted[feature, :INDEX_TOKENS]] if stats.logits is not None else []
-        rows.append([feature, int(stats.count[feature]), float(stats.frequency[feature]),
-                     _round(float(stats.max_activation[feature])), _round(float(stats.mean_activation[feature])),
-                     tokens[:INDEX_TOKENS], promoted])
+        promoted = (
+            [text(int(t)) for t in stats.logits.promoted[feature, :INDEX_TOKENS]] if stats.logits is not None else []
+        )
+        rows.append(
+            [
+                feature,
+                int(stats.count[feature]),
+                float(stats.frequency[feature]),
+                _round(float(stats.max_activation[feature])),
+                _round(float(stats.mean_activation[feature])),
+                tokens[:INDEX_TOKENS],
+                promoted,
+            ]
+        )
     return {"columns": ["id", "count", "frequency", "max", "mean", "top", "promoted"], "rows": rows}
 
 
 def _run_info(sae: SparseAutoencoder, stats: FeatureStats, metrics: dict[str, Any] | None) -> dict[str, Any]:
     metrics = metrics or {}
-    return {"model": stats.meta.get("model") or metrics.get("model") or sae.cfg.model or "model",
-            "hook": stats.meta.get("hook") or metrics.get("hook") or sae.cfg.hook or "?",
-            "arch": sae.cfg.arch, "d_sae": sae.d_sae}
+    return {
+        "model": stats.meta.get("model") or metrics.get("model") or sae.cfg.model or "model",
+        "hook": stats.meta.get("hook") or metrics.get("hook") or sae.cfg.hook or "?",
+        "arch": sae.cfg.arch,
+        "d_sae": sae.d_sae,
+    }
 
 
 def _cards(metrics: dict[str, Any] | None, stats: FeatureStats) -> list[dict[str, str]]:
     metrics = metrics or {}
     cards = []
-    for key, label in (("loss_recovered", "loss recovered (vs zero-ablation)"), ("delta_lm_loss", "ΔLM loss (nats)"),
-                       ("kl_div", "KL(clean ‖ SAE) per token"), ("l0", "L0"), ("explained_variance", "explained variance"),
-                       ("dead_fraction", "dead fraction")):
+    for key, label in (
+        ("loss_recovered", "loss recovered (vs zero-ablation)"),
+        ("delta_lm_loss", "ΔLM loss (nats)"),
+        ("kl_div", "KL(clean ‖ SAE) per token"),
+        ("l0", "L0"),
+        ("explained_variance", "explained variance"),
+        ("dead_fraction", "dead fraction"),
+    ):
         if key in metrics:
             cards.append({"value": format_value(metrics[key]), "label": label})
     if not cards:
         mean_l0 = float((torch.arange(len(stats.l0_counts)) * stats.l0_counts).sum()) / max(stats.n_tokens, 1)
-        cards = [{"value": f"{mean_l0:.1f}", "label": "L0"},
-                 {"value": f"{float((stats.count == 0).double().mean()):.3f}", "label": "dead fraction"}]
+        cards = [
+            {"value": f"{mean_l0:.1f}", "label": "L0"},
+            {"value": f"{float((stats.count == 0).double().mean()):.3f}", "label": "dead fraction"},
+        ]
     return cards
 
 

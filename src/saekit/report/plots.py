@@ -6,6 +6,7 @@ no display needed).
     loss_comparison           CE clean / with the SAE / mean- and zero-ablated, loss recovered
     frequency_vs_activation   each feature's firing frequency against its mean activation
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,9 @@ def feature_density(frequency: torch.Tensor, path: str | Path) -> Path:
     axes.set_xlabel("log10 firing frequency")
     axes.set_ylabel("features")
     dead = int((frequency == 0).sum())
-    axes.set_title(f"Feature density · {live.size:,} live, {dead:,} dead ({dead / max(frequency.size, 1):.1%})",
-                   fontsize=10)
+    axes.set_title(
+        f"Feature density · {live.size:,} live, {dead:,} dead ({dead / max(frequency.size, 1):.1%})", fontsize=10
+    )
     return _save(figure, Path(path))
 
 
@@ -74,8 +76,12 @@ def l0_histogram(l0_counts: torch.Tensor, path: str | Path) -> Path:
 def loss_comparison(metrics: dict[str, Any], path: str | Path) -> Path:
     """Next-token cross-entropy under each intervention at the hook point."""
     figure, axes = _figure()
-    names = [("ce_clean", "clean"), ("ce_sae", "SAE spliced in"), ("ce_mean_ablation", "mean-ablated"),
-             ("ce_zero_ablation", "zero-ablated")]
+    names = [
+        ("ce_clean", "clean"),
+        ("ce_sae", "SAE spliced in"),
+        ("ce_mean_ablation", "mean-ablated"),
+        ("ce_zero_ablation", "zero-ablated"),
+    ]
     present = [(label, float(metrics[key])) for key, label in names if metrics.get(key) is not None]
     labels = [label for label, _ in present]
     values = [value for _, value in present]
@@ -99,8 +105,9 @@ def frequency_vs_activation(stats: FeatureStats, path: str | Path) -> Path:
     frequency = stats.frequency.numpy()
     mean = stats.mean_activation.numpy()
     live = frequency > 0
-    axes.scatter(np.log10(frequency[live]), np.log10(np.maximum(mean[live], 1e-12)), s=4, alpha=0.4,
-                 color=ACCENT, linewidths=0)
+    axes.scatter(
+        np.log10(frequency[live]), np.log10(np.maximum(mean[live], 1e-12)), s=4, alpha=0.4, color=ACCENT, linewidths=0
+    )
     axes.set_xlabel("log10 firing frequency")
     axes.set_ylabel("log10 mean activation when firing")
     axes.set_title("Features: how often against how strongly", fontsize=10)
@@ -111,12 +118,23 @@ def write_plots(out_dir: str | Path, stats: FeatureStats, metrics: dict[str, Any
     """Every figure into ``out_dir``: [(caption, path)], in the order a reader wants them."""
     out_dir = Path(out_dir)
     plots = [
-        ("Feature density: firing frequency of each feature", feature_density(stats.frequency, out_dir / "feature_density.png")),
+        (
+            "Feature density: firing frequency of each feature",
+            feature_density(stats.frequency, out_dir / "feature_density.png"),
+        ),
         ("L0: active features per token", l0_histogram(stats.l0_counts, out_dir / "l0_histogram.png")),
     ]
     if metrics and metrics.get("ce_clean") is not None:
-        plots.append(("Cross-entropy with the SAE spliced in, against the clean model and ablations",
-                      loss_comparison(metrics, out_dir / "loss_comparison.png")))
-    plots.append(("Firing frequency against mean activation",
-                  frequency_vs_activation(stats, out_dir / "frequency_vs_activation.png")))
+        plots.append(
+            (
+                "Cross-entropy with the SAE spliced in, against the clean model and ablations",
+                loss_comparison(metrics, out_dir / "loss_comparison.png"),
+            )
+        )
+    plots.append(
+        (
+            "Firing frequency against mean activation",
+            frequency_vs_activation(stats, out_dir / "frequency_vs_activation.png"),
+        )
+    )
     return plots

@@ -1,5 +1,6 @@
 """The sparse autoencoders: one small module per architecture, the registry that maps a
 name to its class, and the SAE folder format."""
+
 from __future__ import annotations
 
 from .base import LossOutput, SparseAutoencoder
@@ -14,6 +15,19 @@ from .relu import ReluSAE
 from .topk import TopKSAE
 
 __all__ = [
-    "ARCHITECTURES", "SAE_CLASSES", "BatchTopKSAE", "ConfigError", "GatedSAE", "JumpReluSAE", "LossOutput",
-    "ReluSAE", "SAEConfig", "SAELoadError", "SparseAutoencoder", "TopKSAE", "architecture", "create", "load_sae",
+    "ARCHITECTURES",
+    "SAE_CLASSES",
+    "BatchTopKSAE",
+    "ConfigError",
+    "GatedSAE",
+    "JumpReluSAE",
+    "LossOutput",
+    "ReluSAE",
+    "SAEConfig",
+    "SAELoadError",
+    "SparseAutoencoder",
+    "TopKSAE",
+    "architecture",
+    "create",
+    "load_sae",
 ]

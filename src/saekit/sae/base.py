@@ -12,6 +12,7 @@ A subclass implements ``encode`` and ``loss``; everything else (decoding, the
 decoder-norm constraint, firing statistics, folding the activation scale,
 saving) lives here so that the trainer never asks which architecture it trains.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,14 @@ from .sparse_decode import Active, sparse_decode
 
 SPARSITY_FIELDS = ("l1_coefficient", "l0_coefficient", "target_l0", "k")
 """SAEConfig fields that set sparsity; each architecture uses some of them."""
-OPTION_FIELDS = ("decoder_norm", "jumprelu_bandwidth", "jumprelu_init_threshold", "aux_k", "aux_coefficient",
-                 "batchtopk_threshold_momentum")
+OPTION_FIELDS = (
+    "decoder_norm",
+    "jumprelu_bandwidth",
+    "jumprelu_init_threshold",
+    "aux_k",
+    "aux_coefficient",
+    "batchtopk_threshold_momentum",
+)
 """SAEConfig fields that only some architectures use (declared in each class's ``options``)."""
 
 
@@ -58,13 +65,16 @@ class LossOutput(NamedTuple):
             return cls(loss, parts, x_hat, l0, active.view(torch.uint8).amax(0).bool())
 
     @classmethod
-    def from_entries(cls, loss: Tensor, parts: dict[str, Tensor], x_hat: Tensor, latents: Tensor, active: Tensor,
-                     d_sae: int) -> LossOutput:
+    def from_entries(
+        cls, loss: Tensor, parts: dict[str, Tensor], x_hat: Tensor, latents: Tensor, active: Tensor, d_sae: int
+    ) -> LossOutput:
         """For the sparse paths: from the latent of each of the batch's entries and whether
         it is active (bool, same shape: [n] or [B, k]), without boolean indexing (on a GPU
         that waits for the device)."""
         with torch.no_grad():
-            hits = torch.zeros(d_sae, device=latents.device).index_add_(0, latents.reshape(-1), active.reshape(-1).float())
+            hits = torch.zeros(d_sae, device=latents.device).index_add_(
+                0, latents.reshape(-1), active.reshape(-1).float()
+            )
             fired = hits > 0
             l0 = active.sum(dtype=torch.float32) / x_hat.shape[0]
             return cls(loss, parts, x_hat, l0, fired)
@@ -143,29 +153,40 @@ class SparseAutoencoder(nn.Module):
             unused -= {cls.coefficient_name, "target_l0"}
             coefficient = getattr(cfg, cls.coefficient_name)
             if coefficient is None and cfg.target_l0 is None:
-                raise ConfigError(f"{cls.arch} needs a sparsity level: give {cls.coefficient_name}=<λ ≥ 0> or "
-                                  "target_l0=<features per token>.", field=cls.coefficient_name)
+                raise ConfigError(
+                    f"{cls.arch} needs a sparsity level: give {cls.coefficient_name}=<λ ≥ 0> or "
+                    "target_l0=<features per token>.",
+                    field=cls.coefficient_name,
+                )
             if cfg.target_l0 is not None and not cfg.target_l0 < cfg.d_sae:
-                raise ConfigError(f"target_l0 must lie in (0, d_sae={cfg.d_sae}), got {cfg.target_l0!r}.",
-                                  field="target_l0", value=cfg.target_l0)
+                raise ConfigError(
+                    f"target_l0 must lie in (0, d_sae={cfg.d_sae}), got {cfg.target_l0!r}.",
+                    field="target_l0",
+                    value=cfg.target_l0,
+                )
         else:
             unused -= {"k"}
             if cfg.k is None:
                 raise ConfigError(f"{cls.arch} needs k, the number of active features per token.", field="k")
             if not cfg.k <= cfg.d_sae:
-                raise ConfigError(f"k must be an integer in [1, d_sae={cfg.d_sae}], got {cfg.k!r}.", field="k",
-                                  value=cfg.k)
+                raise ConfigError(
+                    f"k must be an integer in [1, d_sae={cfg.d_sae}], got {cfg.k!r}.", field="k", value=cfg.k
+                )
             if cfg.aux_k is not None and not cfg.aux_k <= cfg.d_sae:
-                raise ConfigError(f"aux_k must be in [1, d_sae={cfg.d_sae}], got {cfg.aux_k!r}.", field="aux_k",
-                                  value=cfg.aux_k)
+                raise ConfigError(
+                    f"aux_k must be in [1, d_sae={cfg.d_sae}], got {cfg.aux_k!r}.", field="aux_k", value=cfg.aux_k
+                )
         for name in sorted(unused):
             if getattr(cfg, name) is not None:
                 raise ConfigError(f"{name} does not apply to arch={cls.arch!r}; remove it.", field=name)
         defaults = {f.name: f.default for f in dataclasses.fields(SAEConfig)}
         for name in OPTION_FIELDS:
             if name not in cls.options and getattr(cfg, name) != defaults[name]:
-                raise ConfigError(f"{name} does not apply to arch={cls.arch!r} (it applies to the architectures that "
-                                  "use it; see saekit.SAEConfig); remove it.", field=name)
+                raise ConfigError(
+                    f"{name} does not apply to arch={cls.arch!r} (it applies to the architectures that "
+                    "use it; see saekit.SAEConfig); remove it.",
+                    field=name,
+                )
 
     # ---- the architecture-specific part -------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -298,7 +319,9 @@ class SparseAutoencoder(nn.Module):
     # ---- persistence ------------------------------------------------------------------------
     def state_for_save(self) -> dict[str, Tensor]:
         """The tensors of sae_weights.safetensors, named as SAELens names them."""
-        return {name: t.detach().contiguous() for name, t in self.state_dict().items() if name != "sparsity_coefficient"}
+        return {
+            name: t.detach().contiguous() for name, t in self.state_dict().items() if name != "sparsity_coefficient"
+        }
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the SAE as a folder: cfg.json + sae_weights.safetensors (sae/files.py)."""
@@ -306,7 +329,9 @@ class SparseAutoencoder(nn.Module):
 
         cfg = self.config_for_save()
         dtype = getattr(torch, cfg.dtype)
-        tensors = {name: t.to("cpu", dtype) if t.is_floating_point() else t.cpu() for name, t in self.state_for_save().items()}
+        tensors = {
+            name: t.to("cpu", dtype) if t.is_floating_point() else t.cpu() for name, t in self.state_for_save().items()
+        }
         return write_sae_folder(path, cfg.to_dict(), tensors, overwrite=overwrite)
 
     def config_for_save(self) -> SAEConfig:
@@ -332,9 +357,12 @@ class SparseAutoencoder(nn.Module):
         layout = sae.state_dict()
         # Each tensor in the memory layout a new SAE gives it (W_enc is stored transposed),
         # so that a loaded SAE computes bit for bit what the saved one did.
-        placed = {name: torch.empty_strided(layout[name].shape, layout[name].stride(),
-                                            dtype=torch.float32 if t.is_floating_point() else t.dtype).copy_(t)
-                  for name, t in tensors.items()}
+        placed = {
+            name: torch.empty_strided(
+                layout[name].shape, layout[name].stride(), dtype=torch.float32 if t.is_floating_point() else t.dtype
+            ).copy_(t)
+            for name, t in tensors.items()
+        }
         sae.load_state_dict(placed, strict=False, assign=True)
         sae.cfg = cfg
         with torch.device("cpu"):

@@ -9,6 +9,7 @@ trains sparsely, as TopK does, with the same AuxK loss. It keeps a running thres
 the smallest activation it kept, averaged over steps; in eval mode it encodes each
 token alone as f = z ⊙ 1[z > θ] (a JumpReLU; saekit.convert makes that exact).
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ declares which of the architecture-specific fields it uses (sae/registry.py), an
 ``SparseAutoencoder.check_config`` rejects the ones it does not, so that a misspelt or
 misplaced option is an error instead of a silently ignored value.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -101,8 +102,11 @@ class SAEConfig:
         if not isinstance(self.arch, str) or not self.arch:
             raise ConfigError(f"arch must be an architecture name, got {self.arch!r}.", field="arch", value=self.arch)
         if not 0 <= self.batchtopk_threshold_momentum < 1:
-            raise ConfigError(f"batchtopk_threshold_momentum must be in [0, 1), got {self.batchtopk_threshold_momentum!r}.",
-                              field="batchtopk_threshold_momentum", value=self.batchtopk_threshold_momentum)
+            raise ConfigError(
+                f"batchtopk_threshold_momentum must be in [0, 1), got {self.batchtopk_threshold_momentum!r}.",
+                field="batchtopk_threshold_momentum",
+                value=self.batchtopk_threshold_momentum,
+            )
 
     # ---- (de)serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ W_enc = W_gate ⊙ exp(r_mag) and b_enc = b_mag.
 BatchTopK (eval mode) → JumpReLU: f = z ⊙ 1[z > θ] already, with θ its running threshold.
 ReLU → JumpReLU: θ = 0.
 """
+
 from __future__ import annotations
 
 import json

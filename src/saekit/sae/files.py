@@ -8,6 +8,7 @@ tensors and never runs code from the files.
 cfg.json carries, beside the configuration, the sha256 of the weights file
 (``"saekit_checksums"``), so that a damaged or mismatched pair is caught on load.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,9 @@ class SAELoadError(DataError):
     """An SAE folder cannot be read; the message says which file and why."""
 
 
-def write_sae_folder(path: str | os.PathLike, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], *,
-                     overwrite: bool = False) -> Path:
+def write_sae_folder(
+    path: str | os.PathLike, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], *, overwrite: bool = False
+) -> Path:
     """Write cfg.json and sae_weights.safetensors into ``path``.
 
     A new folder appears whole (built beside it, then renamed). An existing one is
@@ -108,8 +110,10 @@ def read_header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             raise SAELoadError(f"{file} is not a readable safetensors file: it is {size} bytes long.")
         (length,) = struct.unpack("<Q", prefix)
         if length > min(MAX_HEADER_BYTES, size - 8):
-            raise SAELoadError(f"{file} is not a readable safetensors file: its header claims {length:,} bytes "
-                               f"of a {size:,}-byte file.")
+            raise SAELoadError(
+                f"{file} is not a readable safetensors file: its header claims {length:,} bytes "
+                f"of a {size:,}-byte file."
+            )
         try:
             header = json.loads(handle.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -126,26 +130,39 @@ def read_header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         except (KeyError, TypeError, ValueError):
             raise SAELoadError(f"{file}: the header entry of tensor {name!r} is malformed.") from None
         if dtype not in _ITEM_BYTES or any(d < 0 for d in shape):
-            raise SAELoadError(f"{file}: tensor {name!r} has dtype {dtype!r} and shape {shape}, which safetensors does not write.")
-        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_bytes
-                and end - begin == math.prod(shape) * _ITEM_BYTES[dtype]):
-            raise SAELoadError(f"{file}: tensor {name!r} ({dtype}, shape {shape}) does not fit the file's "
-                               f"{data_bytes:,} data bytes at offsets {begin}..{end}; the file is truncated or damaged.")
+            raise SAELoadError(
+                f"{file}: tensor {name!r} has dtype {dtype!r} and shape {shape}, which safetensors does not write."
+            )
+        if not (
+            isinstance(begin, int)
+            and isinstance(end, int)
+            and 0 <= begin <= end <= data_bytes
+            and end - begin == math.prod(shape) * _ITEM_BYTES[dtype]
+        ):
+            raise SAELoadError(
+                f"{file}: tensor {name!r} ({dtype}, shape {shape}) does not fit the file's "
+                f"{data_bytes:,} data bytes at offsets {begin}..{end}; the file is truncated or damaged."
+            )
         out[name] = (dtype, shape)
     return out
 
 
-def check_tensors(file: Path, header: dict[str, tuple[str, tuple[int, ...]]], expected: dict[str, tuple[int, ...]],
-                  what: str) -> None:
+def check_tensors(
+    file: Path, header: dict[str, tuple[str, tuple[int, ...]]], expected: dict[str, tuple[int, ...]], what: str
+) -> None:
     """Names, float dtypes and shapes in a header against what the config implies."""
     missing, unexpected = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
     if missing or unexpected:
         raise SAELoadError(f"{file} does not match {what}: missing tensors {missing}, unexpected tensors {unexpected}.")
     for name, (dtype, shape) in header.items():
         if dtype not in FLOAT_TYPES:
-            raise SAELoadError(f"{file}: tensor {name} is {dtype}; SAE weights are floating point ({sorted(FLOAT_TYPES)}).")
+            raise SAELoadError(
+                f"{file}: tensor {name} is {dtype}; SAE weights are floating point ({sorted(FLOAT_TYPES)})."
+            )
         if shape != expected[name]:
-            raise SAELoadError(f"{file}: tensor {name} has shape {shape}, but cfg.json ({what}) needs {expected[name]}.")
+            raise SAELoadError(
+                f"{file}: tensor {name} has shape {shape}, but cfg.json ({what}) needs {expected[name]}."
+            )
 
 
 def load_tensors(file: Path, checksums: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -156,8 +173,10 @@ def load_tensors(file: Path, checksums: dict[str, str]) -> dict[str, torch.Tenso
 
     expected = checksums.get(file.name)
     if expected is not None and sha256_file(file) != expected:
-        raise SAELoadError(f"{file} does not match the sha256 recorded in {CONFIG_FILE}: it is damaged, or it and "
-                           f"{CONFIG_FILE} come from different saves. Save the SAE again, or restore it from a copy.")
+        raise SAELoadError(
+            f"{file} does not match the sha256 recorded in {CONFIG_FILE}: it is damaged, or it and "
+            f"{CONFIG_FILE} come from different saves. Save the SAE again, or restore it from a copy."
+        )
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError) as error:
@@ -165,6 +184,8 @@ def load_tensors(file: Path, checksums: dict[str, str]) -> dict[str, torch.Tenso
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise SAELoadError(f"{file}: tensor {name} holds {bad} non-finite value(s) (NaN or inf); this SAE cannot "
-                               "be used. Retrain it, or load an earlier checkpoint.")
+            raise SAELoadError(
+                f"{file}: tensor {name} holds {bad} non-finite value(s) (NaN or inf); this SAE cannot "
+                "be used. Retrain it, or load an earlier checkpoint."
+            )
     return tensors

@@ -13,6 +13,7 @@ the gate path only, so the magnitudes the decoder sees are not shrunk. As with r
 decoder_norm="unit" (the default) holds ‖d_i‖ = 1, "weighted" leaves W_dec free. W_gate is stored
 as ``W_enc`` (the SAELens name); there is no ``b_enc``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -74,12 +75,15 @@ class GatedSAE(SparseAutoencoder):
         f = torch.relu(torch.exp(self.r_mag[latents]) * projected + self.b_mag[latents])
         x_hat = self.decode_sparse(gates._replace(values=f))
         reconstruction = self.reconstruction_error(x, x_hat)
-        sparsity = self.coefficient(sparsity_scale) * (gates.values.float() @ self.decoder_norms()[latents]) / x.shape[0]
+        sparsity = (
+            self.coefficient(sparsity_scale) * (gates.values.float() @ self.decoder_norms()[latents]) / x.shape[0]
+        )
         x_hat_gate = sparse_decode(gates.values, latents, self.W_dec.detach(), gates.offsets) + self.b_dec.detach()
         auxiliary = self.reconstruction_error(x, x_hat_gate)
         parts = {"reconstruction": reconstruction, "sparsity": sparsity, "auxiliary": auxiliary}
-        return LossOutput.from_entries(reconstruction + sparsity + auxiliary, parts, x_hat, latents, f.detach() > 0,
-                                       self.d_sae)
+        return LossOutput.from_entries(
+            reconstruction + sparsity + auxiliary, parts, x_hat, latents, f.detach() > 0, self.d_sae
+        )
 
 
 class _GatedFeatures(torch.autograd.Function):

@@ -14,6 +14,7 @@ use a rectangle kernel K(u) = 1[|u| < 1/2] of bandwidth ε:
 L0 term). θ is stored raw, not as a logarithm: under Adam a log-parameterised threshold
 barely moves. It is clamped at 0 after every step.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,9 @@ class _JumpReLUWithL0(torch.autograd.Function):
         return grad_z, grad_threshold.to(threshold.dtype), None, None
 
 
-def jumprelu_with_l0(z: Tensor, threshold: Tensor, bandwidth: float,
-                     latents: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def jumprelu_with_l0(
+    z: Tensor, threshold: Tensor, bandwidth: float, latents: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """(JumpReLU_θ(z), number of active entries) with the straight-through gradients above;
     z: [B, M] with θ: [M], or the entries z: [n] of latents [n] with the whole θ: [M]."""
     return _JumpReLUWithL0.apply(z, threshold, bandwidth, latents)
@@ -120,8 +122,9 @@ class JumpReluSAE(SparseAutoencoder):
         reconstruction = self.reconstruction_error(x, x_hat)
         sparsity = self.coefficient(sparsity_scale) * active / x.shape[0]
         parts = {"reconstruction": reconstruction, "sparsity": sparsity}
-        return LossOutput.from_entries(reconstruction + sparsity, parts, x_hat, entries.indices, f.detach() > 0,
-                                       self.d_sae)
+        return LossOutput.from_entries(
+            reconstruction + sparsity, parts, x_hat, entries.indices, f.detach() > 0, self.d_sae
+        )
 
     def optimizer_groups(self) -> list[dict]:
         """θ learns √d_in times faster than the weights. Adam moves every parameter by about

@@ -5,6 +5,7 @@ tensors the architecture needs are compared with the safetensors header (names, 
 dtypes, shapes, and sizes that the file can hold), then the checksum is verified, then
 the tensors are read and checked for non-finite values.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +31,9 @@ def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> SparseA
         raise SAELoadError(message if str(path) in message else f"{path / CONFIG_FILE}: {message}") from None
     weights = path / WEIGHTS_FILE
     header = read_header(weights)
-    check_tensors(weights, header, cls.expected_tensors(cfg), f"a {cfg.arch} SAE with d_in={cfg.d_in}, d_sae={cfg.d_sae}")
+    check_tensors(
+        weights, header, cls.expected_tensors(cfg), f"a {cfg.arch} SAE with d_in={cfg.d_in}, d_sae={cfg.d_sae}"
+    )
     tensors = load_tensors(weights, checksums)
     return cls.from_tensors(cfg, tensors).to(device).eval()
 

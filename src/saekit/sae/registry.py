@@ -2,6 +2,7 @@
 what it is (``summary``, ``coefficient_name``, ``threshold``, ``options``: see
 SparseAutoencoder); the CLI, the sweep, config validation and persistence read it here.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -29,8 +30,12 @@ def architecture(name: str) -> type[SparseAutoencoder]:
         return SAE_CLASSES[name]
     close = difflib.get_close_matches(str(name), ARCHITECTURES, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"arch={name!r} is not an architecture saekit knows{hint}; choose one of {', '.join(ARCHITECTURES)}.",
-                      field="arch", value=name, requirement="one of " + ", ".join(ARCHITECTURES))
+    raise ConfigError(
+        f"arch={name!r} is not an architecture saekit knows{hint}; choose one of {', '.join(ARCHITECTURES)}.",
+        field="arch",
+        value=name,
+        requirement="one of " + ", ".join(ARCHITECTURES),
+    )
 
 
 def sparsity_field(name: str) -> str:

@@ -7,6 +7,7 @@
 The L1 term pulls every active feature's magnitude down (feature suppression); see
 ``relative_reconstruction_bias`` in saekit.evaluate and the fix in saekit.fit_scale.
 """
+
 from __future__ import annotations
 
 import torch
@@ -61,8 +62,9 @@ class ReluSAE(SparseAutoencoder):
             per_entry = per_entry * self.decoder_norms()[active.indices]
         sparsity = self.coefficient(sparsity_scale) * per_entry.sum() / x.shape[0]
         parts = {"reconstruction": reconstruction, "sparsity": sparsity}
-        return LossOutput.from_entries(reconstruction + sparsity, parts, x_hat, active.indices, active.values.detach() > 0,
-                                       self.d_sae)
+        return LossOutput.from_entries(
+            reconstruction + sparsity, parts, x_hat, active.indices, active.values.detach() > 0, self.d_sae
+        )
 
 
 class _ReluWithColumnSums(torch.autograd.Function):

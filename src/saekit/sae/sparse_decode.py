@@ -18,6 +18,7 @@ on other devices embedding_bag's own backward and COO products do the same sums.
 tests/test_reference.py compares losses and gradients with dense plain-PyTorch
 references written from the papers.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,8 +85,12 @@ def _embedding_bag_in_chunks(values: Tensor, indices: Tensor, W_dec: Tensor, off
         return F.embedding_bag(indices, W_dec, offsets, per_sample_weights=values, mode="sum")
     if offsets is None:  # [B, k]: whole rows
         rows = max(1, per_call // indices.shape[1])
-        return torch.cat([F.embedding_bag(i, W_dec, per_sample_weights=v, mode="sum")
-                          for i, v in zip(indices.split(rows), values.split(rows))])
+        return torch.cat(
+            [
+                F.embedding_bag(i, W_dec, per_sample_weights=v, mode="sum")
+                for i, v in zip(indices.split(rows), values.split(rows))
+            ]
+        )
     bounds = torch.cat([offsets, offsets.new_tensor([indices.numel()])]).tolist()
     parts, first = [], 0
     while first < len(offsets):
@@ -93,8 +98,15 @@ def _embedding_bag_in_chunks(values: Tensor, indices: Tensor, W_dec: Tensor, off
         while last < len(offsets) and bounds[last + 1] - bounds[first] <= per_call:
             last += 1
         start, stop = bounds[first], bounds[last]
-        parts.append(F.embedding_bag(indices[start:stop], W_dec, offsets[first:last] - start,
-                                     per_sample_weights=values[start:stop], mode="sum"))
+        parts.append(
+            F.embedding_bag(
+                indices[start:stop],
+                W_dec,
+                offsets[first:last] - start,
+                per_sample_weights=values[start:stop],
+                mode="sum",
+            )
+        )
         first = last
     return torch.cat(parts)
 
@@ -142,8 +154,9 @@ class _SparseDecode(torch.autograd.Function):
             # ⟨g_b, W_dec[i_bj]⟩ at the n selected (b, i_bj) only: a sampled [B, d] × [d, M] product.
             starts = offsets if offsets is not None else torch.arange(0, latents.numel(), indices.shape[1])
             crow = torch.cat([starts, starts.new_tensor([latents.numel()])])
-            pattern = torch.sparse_csr_tensor(crow, latents, g.new_zeros(latents.numel()),
-                                              (grad_out.shape[0], W_dec.shape[0]), check_invariants=False)
+            pattern = torch.sparse_csr_tensor(
+                crow, latents, g.new_zeros(latents.numel()), (grad_out.shape[0], W_dec.shape[0]), check_invariants=False
+            )
             dots = torch.sparse.sampled_addmm(pattern, g, W_dec.float().t(), beta=0.0).values()
             grad_values = dots.view_as(values).to(values.dtype)
         if ctx.needs_input_grad[2]:
@@ -197,8 +210,12 @@ def _lower_thresholds(flat: Tensor, n_keep: int, d_sae: int):
     yield None
 
 
-_SAME_WIDTH_INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
-                   torch.float64: torch.int64}
+_SAME_WIDTH_INT = {
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
 
 
 def _positions_at_least(flat: Tensor, tau: float | None) -> Tensor:
@@ -251,7 +268,9 @@ def _encoder_gradients(centred: Tensor, gamma: Tensor, latents: Tensor, tokens: 
     return grad_W_enc.to(W_enc.dtype), grad_b_enc.to(W_enc.dtype), grad_b_dec.to(W_enc.dtype)
 
 
-def _pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def _pre_activations(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
     centred = (x - b_dec).to(dtype)
     return centred, torch.addmm(b_enc.to(dtype), centred, W_enc.to(dtype))
 

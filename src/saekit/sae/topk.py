@@ -11,6 +11,7 @@ pre-activations among dead latents, ê = f_aux W_dec, and ‖e − ê‖² is ad
 aux_coefficient, scaled down while fewer than aux_k latents are dead. It gives dead
 latents a gradient that points them at what the live ones miss.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Training: the trainer and its configuration, checkpoints, several SAEs in one pass,
 the feature-scale fit, and metric loggers."""
+
 from __future__ import annotations
 
 from .config import TrainConfig

@@ -12,6 +12,7 @@ Loading verifies the checksums, that every value is finite, and that the step ag
 with the optimiser's own step count and with the training log. No pickle: tensors go to
 safetensors, the rest to JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ class CheckpointError(DataError):
     """A checkpoint is damaged, incomplete, or does not agree with itself or its log."""
 
 
-def save_checkpoint(path: Path, sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: Path, sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
     names = {id(p): name for name, p in sae.named_parameters()}
     tensors: dict[str, torch.Tensor] = {
         "buffer.tokens_since_fired": sae.tokens_since_fired.cpu(),
@@ -59,11 +62,14 @@ def save_checkpoint(path: Path, sae: SparseAutoencoder, optimizer: torch.optim.O
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         files = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
         sums = sha256_files(files)
-        (tmp / CHECKSUMS_FILE).write_text(json.dumps({str(p.relative_to(tmp)): sums[p] for p in files}, indent=2) + "\n")
+        (tmp / CHECKSUMS_FILE).write_text(
+            json.dumps({str(p.relative_to(tmp)): sums[p] for p in files}, indent=2) + "\n"
+        )
 
 
-def load_checkpoint(path: Path, sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, *,
-                    log: Path | None = None) -> dict[str, Any] | None:
+def load_checkpoint(
+    path: Path, sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, *, log: Path | None = None
+) -> dict[str, Any] | None:
     """Restore sae and optimizer in place from the checkpoint folder ``path`` and return
     the trainer state; None when there is no checkpoint. ``log``: the run's training log,
     whose steps must agree with the checkpoint's."""
@@ -75,23 +81,28 @@ def load_checkpoint(path: Path, sae: SparseAutoencoder, optimizer: torch.optim.O
         step = int(state["step"])
         float(state["activation_scale"])
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path / STATE_FILE} is unreadable ({error}); the checkpoint is damaged. Start the run "
-                              "again in another folder.") from None
+        raise CheckpointError(
+            f"{path / STATE_FILE} is unreadable ({error}); the checkpoint is damaged. Start the run "
+            "again in another folder."
+        ) from None
     try:
         saved = load_sae(path / "sae", device=sae.W_dec.device)
     except SAELoadError as error:
         raise CheckpointError(f"the checkpoint at {path} holds an unreadable SAE: {error}") from None
     if saved.cfg.arch != sae.cfg.arch or saved.state_for_save().keys() != sae.state_for_save().keys():
-        raise CheckpointError(f"the checkpoint at {path} holds a {saved.cfg.arch} SAE that does not match the one "
-                              "being trained.")
+        raise CheckpointError(
+            f"the checkpoint at {path} holds a {saved.cfg.arch} SAE that does not match the one being trained."
+        )
     try:
         tensors = load_file(str(path / TENSORS_FILE), device=str(sae.W_dec.device))
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path / TENSORS_FILE} is unreadable ({error}); the checkpoint is damaged.") from None
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{path / TENSORS_FILE}: {name} holds NaN or infinite values; the checkpoint "
-                                  "cannot be resumed. Start the run again in another folder.")
+            raise CheckpointError(
+                f"{path / TENSORS_FILE}: {name} holds NaN or infinite values; the checkpoint "
+                "cannot be resumed. Start the run again in another folder."
+            )
     _check_steps(path, step, tensors, log)
 
     with torch.no_grad():
@@ -106,7 +117,7 @@ def load_checkpoint(path: Path, sae: SparseAutoencoder, optimizer: torch.optim.O
     params = dict(sae.named_parameters())
     for key, value in tensors.items():
         if key.startswith("adam."):
-            name, field = key[len("adam."):].rsplit(".", 1)
+            name, field = key[len("adam.") :].rsplit(".", 1)
             param = params[name]
             if field == "step":
                 # Fused Adam keeps its step count on the parameter's device, the others on the CPU.
@@ -122,8 +133,10 @@ def load_checkpoint(path: Path, sae: SparseAutoencoder, optimizer: torch.optim.O
 def _verify_checksums(path: Path) -> None:
     record = path / CHECKSUMS_FILE
     if not record.is_file():
-        raise CheckpointError(f"the checkpoint at {path} has no {CHECKSUMS_FILE}, so it cannot be verified (it is "
-                              "incomplete, or older than checksummed checkpoints). Start the run again in another folder.")
+        raise CheckpointError(
+            f"the checkpoint at {path} has no {CHECKSUMS_FILE}, so it cannot be verified (it is "
+            "incomplete, or older than checksummed checkpoints). Start the run again in another folder."
+        )
     try:
         expected = json.loads(record.read_text())
         files = {path / name: str(digest) for name, digest in expected.items()}
@@ -135,28 +148,36 @@ def _verify_checksums(path: Path) -> None:
     missing = sorted(str(p.relative_to(path)) for p in files if not p.is_file())
     if missing or present - set(files):
         extra = sorted(str(p.relative_to(path)) for p in present - set(files))
-        raise CheckpointError(f"the checkpoint at {path} does not match its {CHECKSUMS_FILE} (missing {missing}, "
-                              f"unexpected {extra}); it is damaged. Start the run again in another folder.")
+        raise CheckpointError(
+            f"the checkpoint at {path} does not match its {CHECKSUMS_FILE} (missing {missing}, "
+            f"unexpected {extra}); it is damaged. Start the run again in another folder."
+        )
     actual = sha256_files(files)
     bad = sorted(str(p.relative_to(path)) for p, digest in files.items() if actual[p] != digest)
     if bad:
-        raise CheckpointError(f"the checkpoint at {path} is damaged: {', '.join(bad)} fail(s) the sha256 in "
-                              f"{CHECKSUMS_FILE}. Start the run again in another folder.")
+        raise CheckpointError(
+            f"the checkpoint at {path} is damaged: {', '.join(bad)} fail(s) the sha256 in "
+            f"{CHECKSUMS_FILE}. Start the run again in another folder."
+        )
 
 
 def _check_steps(path: Path, step: int, tensors: dict[str, torch.Tensor], log: Path | None) -> None:
     """The trainer state's step against Adam's step counts and the training log."""
     adam_steps = {int(t.item()) for key, t in tensors.items() if key.startswith("adam.") and key.endswith(".step")}
     if adam_steps and adam_steps != {step}:
-        raise CheckpointError(f"the checkpoint at {path} says step {step} but its optimiser state has taken "
-                              f"{sorted(adam_steps)} steps; it was edited or damaged. Start the run again in another folder.")
+        raise CheckpointError(
+            f"the checkpoint at {path} says step {step} but its optimiser state has taken "
+            f"{sorted(adam_steps)} steps; it was edited or damaged. Start the run again in another folder."
+        )
     if log is not None and log.is_file():
         _, entries = read_log(log)
         logged = [entry["step"] for entry in entries]
         if logged and max(logged) < step - _log_gap(logged):
-            raise CheckpointError(f"the checkpoint at {path} is at step {step} but the training log {log} ends at "
-                                  f"step {max(logged)}; they do not belong together. Start the run again in another "
-                                  "folder.")
+            raise CheckpointError(
+                f"the checkpoint at {path} is at step {step} but the training log {log} ends at "
+                f"step {max(logged)}; they do not belong together. Start the run again in another "
+                "folder."
+            )
 
 
 def _log_gap(logged: list[int]) -> int:
@@ -173,7 +194,9 @@ def read_log(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
             entry = json.loads(line)
             int(entry["step"])
         except (ValueError, KeyError, TypeError):
-            raise CheckpointError(f"{path} line {number} is not a log entry (damaged or edited); move the log away "
-                                  "to resume without it, or start the run again in another folder.") from None
+            raise CheckpointError(
+                f"{path} line {number} is not a log entry (damaged or edited); move the log away "
+                "to resume without it, or start the run again in another folder."
+            ) from None
         entries.append(entry)
     return lines, entries

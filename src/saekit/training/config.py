@@ -1,5 +1,6 @@
 """The trainer's configuration: every field typed, ranged and documented, with its
 schedules as functions of the step alone (so that a resumed run is exact)."""
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,11 @@ class TrainConfig:
         """The fields that change what training produces (not where, how often it logs, or
         on which device), for comparing a folder's run with a rerun's."""
         skip = {"progress", "log_every", "checkpoint_every", "device"}
-        return {name: list(value) if isinstance(value, tuple) else value
-                for name, value in vars(self).items() if name not in skip}
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in vars(self).items()
+            if name not in skip
+        }
 
     # ---- schedules (functions of the step alone, so resume is exact) ------------------------
     def lr_at(self, step: int) -> float:
@@ -84,4 +88,3 @@ class TrainConfig:
     def sparsity_scale_at(self, step: int) -> float:
         warmup = int(self.sparsity_warmup_fraction * self.steps)
         return 1.0 if step >= warmup else (step + 1) / warmup
-

@@ -9,6 +9,7 @@ encoder and decoder frozen, s is fitted to minimise reconstruction alone,
 which undoes the shrinkage without changing which features fire. The problem is convex
 (least squares in s); Adam on mini-batches solves it for any d_sae and any data size.
 """
+
 from __future__ import annotations
 
 import math

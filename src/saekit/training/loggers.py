@@ -3,6 +3,7 @@
 Each is imported only when asked for, so neither is a dependency of saekit.
 W&B works without network with WANDB_MODE=offline (runs sync later with `wandb sync`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -16,7 +17,9 @@ def tensorboard_logger(log_dir: str | Path) -> Logger:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
-        raise ImportError("TensorBoard logging needs the tensorboard package: pip install 'saekit[tensorboard]'.") from error
+        raise ImportError(
+            "TensorBoard logging needs the tensorboard package: pip install 'saekit[tensorboard]'."
+        ) from error
     writer = SummaryWriter(log_dir=str(log_dir))
 
     def log(entry: dict[str, float]) -> None:

@@ -16,6 +16,7 @@ the model runs once per chunk of contexts for all their hook points.
     runs = grid("topk", d_in=768, d_sae=[8192, 32768], k=[32, 64])     # a sweep, 4 SAEs
     results = multi_train(runs, data=open_store("store"), out="runs/sweep")
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,13 +69,25 @@ def grid(arch: str, *, d_in: int, seed: int = 0, **axes: Any) -> list[Run]:
     runs = []
     for combination in itertools.product(*swept.values()):
         chosen = {**fixed, **dict(zip(swept, combination))}
-        name = "-".join([arch, *(f"{key}_{value:g}" if isinstance(value, float) else f"{key}_{value}"
-                                 for key, value in zip(swept, combination))])
+        name = "-".join(
+            [
+                arch,
+                *(
+                    f"{key}_{value:g}" if isinstance(value, float) else f"{key}_{value}"
+                    for key, value in zip(swept, combination)
+                ),
+            ]
+        )
         sae_options = {k: v for k, v in chosen.items() if k not in train_fields}
         if "d_sae" not in sae_options:
             raise UsageError("grid needs d_sae (a number, or a list of them to sweep).")
-        runs.append(Run(name, create(arch, d_in=d_in, seed=seed, **sae_options),
-                        options={k: v for k, v in chosen.items() if k in train_fields}))
+        runs.append(
+            Run(
+                name,
+                create(arch, d_in=d_in, seed=seed, **sae_options),
+                options={k: v for k, v in chosen.items() if k in train_fields},
+            )
+        )
     return runs
 
 
@@ -115,9 +128,16 @@ def multi_train(
     trainers: list[Trainer] = []
     try:
         for run in mine:
-            trainers.append(Trainer(run.sae, run.data if run.data is not None else data,
-                                    out=out / run.name if out is not None else None, resume=resume, ctx=DistContext(),
-                                    **{**options, **run.options, "progress": False}))
+            trainers.append(
+                Trainer(
+                    run.sae,
+                    run.data if run.data is not None else data,
+                    out=out / run.name if out is not None else None,
+                    resume=resume,
+                    ctx=DistContext(),
+                    **{**options, **run.options, "progress": False},
+                )
+            )
     except BaseException:
         for trainer in trainers:
             trainer.close()
@@ -126,8 +146,13 @@ def multi_train(
     if show_progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(t.cfg.steps for t in trainers), initial=sum(t.step_index for t in trainers),
-                   desc=f"train {len(trainers)} of {len(runs)} SAEs", unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=sum(t.cfg.steps for t in trainers),
+            initial=sum(t.step_index for t in trainers),
+            desc=f"train {len(trainers)} of {len(runs)} SAEs",
+            unit="step",
+            dynamic_ncols=True,
+        )
     results = {}
     try:
         streams = [trainer.batches() for trainer in trainers]
@@ -170,8 +195,9 @@ class SharedModelPass:
     chunk. Sources that read in other orders recompute what they miss: correct, slower.
     """
 
-    def __init__(self, loaded, corpus, hooks: Sequence[str], *, contexts_per_chunk: int = 8,
-                 window_chunks: int | None = None) -> None:
+    def __init__(
+        self, loaded, corpus, hooks: Sequence[str], *, contexts_per_chunk: int = 8, window_chunks: int | None = None
+    ) -> None:
         from ..data.model import resolve_hook
 
         self.loaded, self.corpus = loaded, corpus
@@ -225,8 +251,13 @@ class _SharedHook(LiveActivations):
     """LiveActivations at one hook whose chunks come from a SharedModelPass."""
 
     def __init__(self, shared: SharedModelPass, hook: str) -> None:
-        super().__init__(shared.loaded, shared.corpus, hook, contexts_per_chunk=shared.contexts_per_chunk,
-                         window_chunks=shared.window_chunks)
+        super().__init__(
+            shared.loaded,
+            shared.corpus,
+            hook,
+            contexts_per_chunk=shared.contexts_per_chunk,
+            window_chunks=shared.window_chunks,
+        )
         self._shared = shared
 
     def _read(self, chunk: int) -> Tensor:

@@ -7,6 +7,7 @@ activation normalisation (estimated first, folded into the weights at the end), 
 target-L0 controller, firing statistics, bf16 autocast with float32 master weights,
 atomic checkpoints with exact resume, and data parallelism under torch.distributed.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,11 +67,15 @@ def _device(name: str | None, ctx: DistContext) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"device {name!r}: this machine has no CUDA GPU that torch can use; train on cpu, "
-                             "or install a CUDA build of torch.")
+            raise UsageError(
+                f"device {name!r}: this machine has no CUDA GPU that torch can use; train on cpu, "
+                "or install a CUDA build of torch."
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0.."
-                             f"cuda:{torch.cuda.device_count() - 1}.")
+            raise UsageError(
+                f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0.."
+                f"cuda:{torch.cuda.device_count() - 1}."
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"device {name!r}: MPS is not available here; train on cpu.")
     elif device.type not in ("cpu", "cuda", "mps") and not hasattr(torch, device.type):
@@ -155,19 +160,23 @@ class Trainer:
         self.log_path = self.out / LOG_FILE if self.out is not None else None
         self.identity_at_start = self.identity() if self.out is not None else None
         if self.out is not None and ctx.is_main:
-            self.folder = OutputFolder(self.out, kind="training", identity=self.identity_at_start,
-                                       owns=("checkpoint", LOG_FILE))
+            self.folder = OutputFolder(
+                self.out, kind="training", identity=self.identity_at_start, owns=("checkpoint", LOG_FILE)
+            )
             self.folder.open()
             if self.folder.resumed and not resume and self.checkpoint_dir.exists():
                 self.folder.close()
-                raise FolderError(f"{self.out} already holds a training run; pass resume=True to continue it or "
-                                  "choose another folder.")
+                raise FolderError(
+                    f"{self.out} already holds a training run; pass resume=True to continue it or "
+                    "choose another folder."
+                )
             self.folder.output(LOG_FILE)
         try:
             sae.to(device).train()
             # fused: one kernel per parameter for the whole update (CPU and CUDA), not a dozen passes.
-            self.optimizer = torch.optim.Adam(sae.optimizer_groups(), lr=cfg.lr, betas=cfg.adam_betas,
-                                              fused=device.type in ("cpu", "cuda"))
+            self.optimizer = torch.optim.Adam(
+                sae.optimizer_groups(), lr=cfg.lr, betas=cfg.adam_betas, fused=device.type in ("cpu", "cuda")
+            )
             self.step_index, self.scale = self._start()
         except BaseException:
             self.close()
@@ -185,10 +194,16 @@ class Trainer:
         """What this run's result depends on: the SAE's configuration and initial weights,
         the trainer's settings and the data."""
         sae_cfg = {k: v for k, v in self.sae.cfg.to_dict().items() if k not in ("provenance", "hook", "model")}
-        weights = b"".join(t.detach().float().cpu().contiguous().numpy().tobytes()
-                           for _, t in sorted(self.sae.state_for_save().items()))
-        return {"sae": sae_cfg, "initial_weights": sha256_bytes(weights), "train": self.cfg.identity(),
-                "data": fingerprint_of(self.source)}
+        weights = b"".join(
+            t.detach().float().cpu().contiguous().numpy().tobytes()
+            for _, t in sorted(self.sae.state_for_save().items())
+        )
+        return {
+            "sae": sae_cfg,
+            "initial_weights": sha256_bytes(weights),
+            "train": self.cfg.identity(),
+            "data": fingerprint_of(self.source),
+        }
 
     def close(self) -> None:
         """Release the output folder (finish does; call it after a failure)."""
@@ -214,7 +229,9 @@ class Trainer:
             ctx.broadcast_(decision)
             failed, resumed, step, scale = bool(decision[0]), bool(decision[1]), int(decision[2]), float(decision[3])
             if failed and error is None:
-                raise DistributedError(f"rank {ctx.rank}: rank 0 could not resume the run in {self.out}; its log says why.")
+                raise DistributedError(
+                    f"rank {ctx.rank}: rank 0 could not resume the run in {self.out}; its log says why."
+                )
         if error is not None:
             raise error
         if resumed:
@@ -233,8 +250,9 @@ class Trainer:
     def batches(self) -> Iterator[Tensor]:
         """This rank's share of the global batches still to train on."""
         cfg, ctx = self.cfg, self.ctx
-        return self.source.batches(cfg.batch_size, seed=cfg.seed, start=self.step_index, rank=ctx.rank,
-                                   world_size=ctx.world_size)
+        return self.source.batches(
+            cfg.batch_size, seed=cfg.seed, start=self.step_index, rank=ctx.rank, world_size=ctx.world_size
+        )
 
     def step(self, x: Tensor) -> None:
         """One optimiser step on x: [batch_size // world_size, d_in] raw activations."""
@@ -280,8 +298,9 @@ class Trainer:
                 for logger in self.loggers:
                     logger(entry)
             if self.progress is not None:
-                self.progress.set_postfix(loss=f"{entry['loss']:.4g}", L0=f"{entry['l0']:.1f}",
-                                          EV=f"{entry['explained_variance']:.3f}")
+                self.progress.set_postfix(
+                    loss=f"{entry['loss']:.4g}", L0=f"{entry['l0']:.1f}", EV=f"{entry['explained_variance']:.3f}"
+                )
         if self.progress is not None:
             self.progress.update(1)
         if self.checkpoint_dir is not None and (step % self.checkpoint_every == 0 or last):
@@ -314,13 +333,18 @@ class Trainer:
             self._raise_nonfinite(bad // 4, ("batch", "loss", "gradient")[bad % 4], None)
 
     def _raise_nonfinite(self, step: int, what: str, output) -> None:
-        kept = (f"the last checkpoint (step {self._last_checkpoint}) is intact"
-                if self.checkpoint_dir is not None and self._last_checkpoint else "nothing was saved")
+        kept = (
+            f"the last checkpoint (step {self._last_checkpoint}) is intact"
+            if self.checkpoint_dir is not None and self._last_checkpoint
+            else "nothing was saved"
+        )
         if what == "batch":
             where = describe_nonfinite(self.source)
-            raise NonFiniteError(f"step {step + 1}: the training batch holds NaN or infinite activations"
-                                 f"{' (' + where + ')' if where else ''}; {kept}. Harvest the data again or remove "
-                                 "those rows.")
+            raise NonFiniteError(
+                f"step {step + 1}: the training batch holds NaN or infinite activations"
+                f"{' (' + where + ')' if where else ''}; {kept}. Harvest the data again or remove "
+                "those rows."
+            )
         parts = ""
         if output is not None:
             parts = " (" + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in output.parts.items()) + ")"
@@ -333,9 +357,11 @@ class Trainer:
     def _check_parameters(self, step: int) -> None:
         for name, tensor in self.sae.named_parameters():
             if not bool(torch.isfinite(tensor).all()):
-                raise NonFiniteError(f"step {step}: parameter {name} holds NaN or infinite values; nothing was saved "
-                                     f"at this step (the last checkpoint, step {self._last_checkpoint}, is intact). "
-                                     f"Lower the learning rate (lr={self.cfg.lr:g}).")
+                raise NonFiniteError(
+                    f"step {step}: parameter {name} holds NaN or infinite values; nothing was saved "
+                    f"at this step (the last checkpoint, step {self._last_checkpoint}, is intact). "
+                    f"Lower the learning rate (lr={self.cfg.lr:g})."
+                )
 
     def finish(self) -> TrainResult:
         """After the last step: fold the activation scale into the weights, record provenance."""
@@ -349,7 +375,11 @@ class Trainer:
         self._check_parameters(self.step_index)
         sae.fold_activation_scale(self.scale)
         sae.cfg.provenance.update(
-            steps=cfg.steps, tokens=cfg.steps * cfg.batch_size, seed=cfg.seed, lr=cfg.lr, world_size=self.ctx.world_size,
+            steps=cfg.steps,
+            tokens=cfg.steps * cfg.batch_size,
+            seed=cfg.seed,
+            lr=cfg.lr,
+            world_size=self.ctx.world_size,
             precision="bfloat16" if self.use_bf16 else "float32",
         )
         sae.eval()
@@ -370,14 +400,18 @@ def _prepare(sae: SparseAutoencoder, source, cfg: TrainConfig, ctx: DistContext,
     sample = _sample(source, cfg, ctx).to(device)
     if not bool(torch.isfinite(sample).all()):
         where = describe_nonfinite(source)
-        raise NonFiniteError(f"the activations hold NaN or infinite values{' (' + where + ')' if where else ''}; "
-                             "nothing was trained. Harvest the data again or remove those rows.")
+        raise NonFiniteError(
+            f"the activations hold NaN or infinite values{' (' + where + ')' if where else ''}; "
+            "nothing was trained. Harvest the data again or remove those rows."
+        )
     if sae.cfg.normalize_activations == "expected_norm":
         norms = torch.stack([sample.norm(dim=-1).sum(), torch.tensor(float(sample.shape[0]), device=device)])
         ctx.sum_(norms)
         mean_norm = float(norms[0] / norms[1])
         if not math.isfinite(mean_norm) or mean_norm == 0:
-            raise UsageError(f"the activations' mean norm is {mean_norm}; they cannot be normalised (are they all zero?).")
+            raise UsageError(
+                f"the activations' mean norm is {mean_norm}; they cannot be normalised (are they all zero?)."
+            )
         scale = math.sqrt(sae.d_in) / mean_norm
     else:
         scale = 1.0
@@ -407,7 +441,11 @@ def _log_entry(step, sae, output, x, cfg: TrainConfig, ctx: DistContext) -> dict
     sums = [(output.x_hat.to(wide) - x64).pow(2).sum(), x64.pow(2).sum()]
     stats = ctx.sum_(torch.cat([torch.stack([m.to(wide) for m in means] + sums), x64.sum(0)]))
     n_means, n_tokens = len(means), x.shape[0] * ctx.world_size
-    means, (residual, square), column_sums = stats[:n_means] / ctx.world_size, stats[n_means : n_means + 2], stats[n_means + 2 :]
+    means, (residual, square), column_sums = (
+        stats[:n_means] / ctx.world_size,
+        stats[n_means : n_means + 2],
+        stats[n_means + 2 :],
+    )
     total = square - column_sums.pow(2).sum() / n_tokens  # Σ‖x − x̄‖²
     entry = {
         "step": step,

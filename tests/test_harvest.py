@@ -137,3 +137,24 @@ def test_end_to_end_topk_sae_explains_held_out_activations(smollm2, documents, t
     saekit.train(sae, saekit.open_store(tmp_path / "train"), steps=150, batch_size=1024, progress=False)
     metrics = saekit.evaluate(sae, held_store)
     assert metrics["explained_variance"] > 0.5, metrics
+
+
+@pytest.mark.slow
+def test_harvest_overwrite_keeps_what_the_user_kept_there(tmp_path, capsys):
+    from saekit.app.cli import main
+
+    out = tmp_path / "store"
+
+    def harvest_cli(tokens: int, *extra: str) -> int:
+        return main(["harvest", "--hook", "layers.2.resid_post", "--tokens", str(tokens), "--context-size", "64",
+                     "--out", str(out), *extra])
+
+    assert harvest_cli(300) == 0
+    (out / "README.txt").write_text("notes about this store")
+    assert harvest_cli(300) == 0 and "300 tokens" in capsys.readouterr().out  # the same settings: reused as it is
+    assert harvest_cli(200) == 2
+    err = capsys.readouterr().err
+    assert "n_tokens: 300 -> 200" in err and "--overwrite" in err
+    assert harvest_cli(200, "--overwrite") == 0
+    assert open_store(out).n_tokens == 200
+    assert (out / "README.txt").read_text() == "notes about this store"

@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="the main job on the embedded model (SmolLM2-135M) and corpus (Shakespeare)",
         description="Corpus -> SmolLM2-135M layer 15 -> activation store -> TopK SAE -> "
-        "evaluation in the model -> feature dashboard. About 8 minutes on a 2-core CPU. "
+        "evaluation in the model -> feature dashboard. About 4 minutes on a 2-core CPU. "
         "Interrupt it at any time; the same command continues where it stopped.",
     )
     run_flags(p)

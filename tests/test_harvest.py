@@ -146,8 +146,20 @@ def test_harvest_overwrite_keeps_what_the_user_kept_there(tmp_path, capsys):
     out = tmp_path / "store"
 
     def harvest_cli(tokens: int, *extra: str) -> int:
-        return main(["harvest", "--hook", "layers.2.resid_post", "--tokens", str(tokens), "--context-size", "64",
-                     "--out", str(out), *extra])
+        return main(
+            [
+                "harvest",
+                "--hook",
+                "layers.2.resid_post",
+                "--tokens",
+                str(tokens),
+                "--context-size",
+                "64",
+                "--out",
+                str(out),
+                *extra,
+            ]
+        )
 
     assert harvest_cli(300) == 0
     (out / "README.txt").write_text("notes about this store")

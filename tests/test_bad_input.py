@@ -131,7 +131,7 @@ def test_numbers_in_scientific_notation_are_numbers(tmp_path, capsys, store):
         "0.9,0.99",
     )
     assert code == 0, err
-    cfg = json.loads((tmp_path / "r" / "sae" / "cfg.json").read_text())
+    cfg = json.loads((tmp_path / "r" / "sae" / "cfg.json").read_text())["saekit"]["config"]
     assert cfg["provenance"]["lr"] == 1e-3 and math.isclose(cfg["l1_coefficient"], 5e-3, rel_tol=1)
 
 
@@ -275,7 +275,7 @@ def test_checkpoint_with_a_nan_weight(tmp_path, capsys, store):
     assert_one_line(code, err, "sae_weights.safetensors", "sha256", "damaged")
     # with every checksum made to match, the NaN itself is caught
     cfg = json.loads((checkpoint / "sae" / "cfg.json").read_text())
-    cfg["saekit_checksums"]["sae_weights.safetensors"] = sha256_file(weights)
+    cfg["saekit"]["checksums"]["sae_weights.safetensors"] = sha256_file(weights)
     (checkpoint / "sae" / "cfg.json").write_text(json.dumps(cfg))
     sums = {
         str(p.relative_to(checkpoint)): sha256_file(p)
@@ -327,8 +327,10 @@ def sae_folder(tmp_path) -> Path:
 
 
 def edit_cfg(folder: Path, **changes) -> None:
-    cfg = json.loads((folder / "cfg.json").read_text())
-    (folder / "cfg.json").write_text(json.dumps({**cfg, **changes}))
+    """Change saekit's own config in cfg.json (its "saekit" block)."""
+    raw = json.loads((folder / "cfg.json").read_text())
+    raw["saekit"]["config"].update(changes)
+    (folder / "cfg.json").write_text(json.dumps(raw))
 
 
 @pytest.mark.parametrize(
@@ -368,7 +370,9 @@ def test_sae_weights_that_do_not_match_their_checksum(tmp_path, capsys, sae_fold
     assert_one_line(code, err, "does not match the sha256 recorded in cfg.json")
     tensors["b_dec"][0] = float("inf")
     save_file(tensors, str(sae_folder / "sae_weights.safetensors"))
-    edit_cfg(sae_folder, saekit_checksums={})
+    raw = json.loads((sae_folder / "cfg.json").read_text())
+    raw["saekit"]["checksums"]["sae_weights.safetensors"] = sha256_file(sae_folder / "sae_weights.safetensors")
+    (sae_folder / "cfg.json").write_text(json.dumps(raw))
     code, err = run_cli(capsys, "convert", sae_folder, "--out", tmp_path / "x")
     assert_one_line(code, err, "b_dec holds 1 non-finite value")
 
@@ -379,7 +383,7 @@ def test_a_hostile_size_allocates_nothing(tmp_path):
     folder = saekit.create("topk", d_in=576, d_sae=64, k=4).save(tmp_path / "sae")
     edit_cfg(folder, d_sae=3_000_000)
     child = (
-        f"import resource, saekit\ntry:\n    saekit.load({str(folder)!r})\nexcept saekit.sae.SAELoadError as e:\n"
+        f"import resource, saekit\ntry:\n    saekit.load({str(folder)!r})\nexcept saekit.formats.FormatError as e:\n"
         "    print('refused:', e)\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
     )
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)

@@ -181,7 +181,9 @@ def test_parse_and_validate_hook_points():
         with pytest.raises(ValueError, match=r"layers\.\{L\}\.resid_pre"):
             parse_hook(bad)
     loaded = tiny_model("llama")
-    assert len(valid_hooks(loaded)) == 4 * 4 + 1 and "layers.3.mlp_out" in valid_hooks(loaded)
+    assert len(valid_hooks(loaded)) == 4 * 5 + 1 and "layers.3.mlp_out" in valid_hooks(loaded)
+    assert parse_hook("blocks.2.ln2.hook_normalized") == HookPoint(2, "mlp_in")
+    assert parse_hook("layers.2.mlp_in").transformer_lens_name == "blocks.2.ln2.hook_normalized"
     with pytest.raises(ValueError, match=r"4 layers.*0\.\.3"):
         resolve_hook(loaded, "layers.4.resid_post")
     with pytest.raises(ValueError, match="0..3"):

@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 import saekit
 from saekit._runtime.errors import FolderError
-from saekit.sae import ConfigError, SAELoadError
+from saekit.formats import FormatError as SAELoadError
+from saekit.sae import ConfigError
 
 OPTIONS = {
     "relu": {"l1_coefficient": 1.0},
@@ -80,11 +81,17 @@ def test_malformed_config_is_a_clear_error(tmp_path):
     cfg_path.write_text("{not json")
     with pytest.raises(SAELoadError, match="not valid JSON"):
         saekit.load(tmp_path / "sae")
-    cfg = random_sae("relu").config_for_save().to_dict()
-    cfg_path.write_text(json.dumps({**cfg, "l1_coeficient": 2.0}))
-    with pytest.raises(SAELoadError, match="unknown field.*l1_coeficient"):
+    random_sae("relu").save(tmp_path / "sae", overwrite=True)
+    raw = json.loads(cfg_path.read_text())
+    cfg = raw["saekit"]["config"]
+
+    def write(config):
+        cfg_path.write_text(json.dumps({**raw, "saekit": {**raw["saekit"], "config": config}}))
+
+    write({**cfg, "l1_coeficient": 2.0})
+    with pytest.raises(SAELoadError, match="unknown field.*l1_coeficient.*did you mean 'l1_coefficient'"):
         saekit.load(tmp_path / "sae")
-    cfg_path.write_text(json.dumps({**cfg, "d_sae": 31}))
+    write({**cfg, "d_sae": 31})
     with pytest.raises(SAELoadError, match=r"tensor W_\w+ has shape .* needs"):
         saekit.load(tmp_path / "sae")
 

@@ -58,7 +58,7 @@ def test_a_rerun_with_changed_options_is_refused_with_the_difference(tmp_path, c
     assert same(before, weights(out / "sae"))  # nothing was touched
     code, err = train(capsys, store, out, "--k", "8", "--lr", "0.01", "--overwrite")
     assert code == 0, err
-    assert json.loads((out / "sae" / "cfg.json").read_text())["k"] == 8
+    assert json.loads((out / "sae" / "cfg.json").read_text())["saekit"]["config"]["k"] == 8
 
 
 def test_overwrite_deletes_only_what_saekit_wrote(tmp_path, capsys, store):
@@ -71,7 +71,7 @@ def test_overwrite_deletes_only_what_saekit_wrote(tmp_path, capsys, store):
     assert (out / "notes.txt").read_text() == "my notes"
     assert (out / "sae" / "README.md").read_text() == "what this SAE is for"
     assert (out / "train" / "plot.png").read_bytes() == b"mine"
-    assert json.loads((out / "sae" / "cfg.json").read_text())["k"] == 2
+    assert json.loads((out / "sae" / "cfg.json").read_text())["saekit"]["config"]["k"] == 2
 
 
 def test_an_sae_folder_saekit_did_not_write_is_never_replaced(tmp_path, capsys, store):

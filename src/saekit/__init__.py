@@ -11,9 +11,9 @@ sae.save("out/sae"); sae = saekit.load("out/sae")
 from __future__ import annotations
 
 from .evaluation.metrics import evaluate
+from .formats import load
 from .sae import ARCHITECTURES, SAEConfig, SparseAutoencoder, create
 from .sae.convert import convert
-from .sae.persistence import load_sae as load
 from .training.fit_scale import fit_scale
 from .training.trainer import train
 

@@ -265,8 +265,8 @@ def _sae_folder(path: str) -> Path:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
+    from ..formats import load as load_sae
     from ..sae.convert import convert
-    from ..sae.persistence import load_sae
 
     converted = convert(load_sae(_sae_folder(args.sae)), args.to)
     converted.save(args.out, overwrite=args.overwrite)

@@ -191,7 +191,7 @@ class Run:
             self.output_folder.finished(OUTPUTS[stage])
 
     def load_sae(self):
-        from ..sae.persistence import load_sae
+        from ..formats import load as load_sae
 
         return load_sae(self.sae_path)
 

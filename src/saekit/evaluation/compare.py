@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .._runtime.errors import UsageError
-from ..sae.persistence import load_sae
+from ..formats import load as load_sae
 
 
 def compare(

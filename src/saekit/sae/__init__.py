@@ -1,15 +1,13 @@
-"""The sparse autoencoders: one small module per architecture, the registry that maps a
-name to its class, and the SAE folder format."""
+"""The sparse autoencoders: one small module per architecture, and the registry that maps
+a name to its class. (SAE folders on disk are saekit.formats'.)"""
 
 from __future__ import annotations
 
 from .base import LossOutput, SparseAutoencoder
 from .batchtopk import BatchTopKSAE
 from .config import ConfigError, SAEConfig
-from .files import SAELoadError
 from .gated import GatedSAE
 from .jumprelu import JumpReluSAE
-from .persistence import load_sae
 from .registry import ARCHITECTURES, SAE_CLASSES, architecture, create
 from .relu import ReluSAE
 from .topk import TopKSAE
@@ -24,10 +22,8 @@ __all__ = [
     "LossOutput",
     "ReluSAE",
     "SAEConfig",
-    "SAELoadError",
     "SparseAutoencoder",
     "TopKSAE",
     "architecture",
     "create",
-    "load_sae",
 ]

@@ -6,8 +6,13 @@ An SAE maps an activation x ∈ R^n to features f ∈ R^M_{≥0} and back:
     f = σ(x̃ W_enc + b_enc)             (σ differs per architecture)
     x̂ = (s ⊙ f) W_dec + b_dec          (s: optional per-feature scale, fitted by fit_scale)
 
+A transcoder (``transcoder=True``) reads x and predicts another activation y of width
+d_out: x̃ = x (no b_dec subtracted; b_dec lives in y's space), ŷ = (s ⊙ f) W_dec + b_dec,
+and a skip transcoder (``"skip"``) adds x W_skipᵀ. The loss then compares ŷ with y.
+
 Tensor names and layouts follow SAELens so that other tools can read what saekit
-writes: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``.
+writes: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_out]``, ``b_dec [d_out]``,
+``W_skip [d_out, d_in]``.
 A subclass implements ``encode`` and ``loss``; everything else (decoding, the
 decoder-norm constraint, firing statistics, folding the activation scale,
 saving) lives here so that the trainer never asks which architecture it trains.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
 
@@ -114,17 +120,25 @@ class SparseAutoencoder(nn.Module):
         super().__init__()
         self.check_config(cfg)
         self.cfg = cfg
-        d_in, d_sae = cfg.d_in, cfg.d_sae
-        # Decoder rows: random unit directions; the encoder starts as their transpose, so
-        # that at initialisation every feature reads the direction it writes.
-        W_dec = torch.randn(d_sae, d_in, generator=generator)
+        d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.d_out or cfg.d_in
+        # Decoder rows: random unit directions; an SAE's encoder starts as their transpose,
+        # so that at initialisation every feature reads the direction it writes. A
+        # transcoder reads and writes different spaces: its encoder columns are drawn apart.
+        W_dec = torch.randn(d_sae, d_out, generator=generator)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.t().clone())
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        if cfg.transcoder:
+            W_enc = torch.randn(d_in, d_sae, generator=generator)
+            self.W_enc = nn.Parameter(W_enc / W_enc.norm(dim=0, keepdim=True))
+        else:
+            self.W_enc = nn.Parameter(W_dec.t().clone())
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        if cfg.transcoder == "skip":
+            self.W_skip = nn.Parameter(torch.zeros(d_out, d_in))
         if cfg.feature_scale:
             self.add_feature_scale()
         self._register_training_state()
+        self._norm_state: tuple[Tensor, Tensor] | None = None  # input_normalization's, from the last encode
 
     def _register_training_state(self) -> None:
         """The buffers that training moves and sae_weights.safetensors does not hold."""
@@ -193,8 +207,9 @@ class SparseAutoencoder(nn.Module):
         """x: [..., d_in] -> f: [..., d_sae], non-negative."""
         raise NotImplementedError
 
-    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
-        """Training loss on a batch x: [batch, d_in]. ``sparsity_scale`` multiplies the
+    def loss(self, x: Tensor, *, target: Tensor | None = None, sparsity_scale: float = 1.0) -> LossOutput:
+        """Training loss on a batch x: [batch, d_in]; ``target`` [batch, d_out] is what a
+        transcoder predicts (an SAE's target is x itself). ``sparsity_scale`` multiplies the
         sparsity coefficient (the trainer's warm-up)."""
         raise NotImplementedError
 
@@ -212,11 +227,59 @@ class SparseAutoencoder(nn.Module):
     def d_sae(self) -> int:
         return self.cfg.d_sae
 
+    @property
+    def d_out(self) -> int:
+        """Width of the prediction: d_in for an SAE, the target's width for a transcoder."""
+        return self.cfg.d_out or self.cfg.d_in
+
+    @property
+    def centre(self) -> Tensor | None:
+        """What the encoder subtracts from its input: b_dec, or nothing (transcoders; SAEs
+        read from libraries that do not subtract it)."""
+        return self.b_dec if self.cfg.apply_b_dec_to_input else None
+
+    def centred_bias(self, bias: Tensor) -> Tensor:
+        """bias − centre W_enc: the encoder's bias for x itself, so that x̃ W_enc + bias is
+        one matmul of x (no gradient with respect to x, no pass to centre it)."""
+        return bias if self.centre is None else bias - self.centre @ self.W_enc
+
     def pre_activations(self, x: Tensor) -> Tensor:
-        """(x − b_dec) W_enc + b_enc: [..., d_sae], computed as x W_enc + (b_enc − b_dec W_enc)
-        so that the backward pass needs no gradient with respect to x (one matmul fewer),
-        with the bias added inside the matmul (no separate pass over [batch, d_sae])."""
-        return self.encoder_matmul(x, self.b_enc - self.b_dec @ self.W_enc)
+        """x̃ W_enc + b_enc: [..., d_sae], computed as x W_enc + (b_enc − b_dec W_enc) so that
+        the backward pass needs no gradient with respect to x (one matmul fewer), with the
+        bias added inside the matmul (no separate pass over [batch, d_sae])."""
+        return self.encoder_matmul(self.normalize_input(x), self.centred_bias(self.b_enc))
+
+    def normalize_input(self, x: Tensor) -> Tensor:
+        """x under ``input_normalization`` (its statistics kept for decode to undo), or x."""
+        mode = self.cfg.input_normalization
+        if mode == "none":
+            return x
+        if mode == "constant_norm_rescale":  # x·c with c = √d_in / ‖x‖; decode divides by c
+            scale = self.d_in**0.5 / x.norm(dim=-1, keepdim=True)
+            self._norm_state = (scale, None)
+            return x * scale
+        mean = x.mean(dim=-1, keepdim=True)  # layer_norm: (x − μ) / (σ + 1e-5); decode: y σ + μ
+        centred = x - mean
+        std = centred.std(dim=-1, keepdim=True)
+        self._norm_state = (std, mean)
+        return centred / (std + 1e-5)
+
+    def denormalize_output(self, y: Tensor) -> Tensor:
+        if self.cfg.input_normalization == "none":
+            return y
+        if self._norm_state is None:
+            raise RuntimeError("decode() before encode(): input_normalization needs the statistics of the input.")
+        first, second = self._norm_state
+        return y / first if second is None else y * first + second
+
+    def skip(self, x: Tensor) -> Tensor | None:
+        """A skip transcoder's linear term x W_skipᵀ: [..., d_out]; None for the others."""
+        return x @ self.W_skip.t() if self.cfg.transcoder == "skip" else None
+
+    def predict(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        """The full prediction from a decoded x̂: x̂ plus the skip term where there is one."""
+        skip = self.skip(x)
+        return x_hat if skip is None else x_hat + skip.to(x_hat.dtype)
 
     def encoder_matmul(self, x: Tensor, bias: Tensor) -> Tensor:
         """x W_enc + bias: [..., d_sae], the bias added inside the matmul for a [batch, d_in] x."""
@@ -225,10 +288,10 @@ class SparseAutoencoder(nn.Module):
         return x @ self.W_enc + bias
 
     def decode(self, f: Tensor) -> Tensor:
-        """f: [..., d_sae] -> x̂ = (s ⊙ f) W_dec + b_dec: [..., d_in]."""
+        """f: [..., d_sae] -> x̂ = (s ⊙ f) W_dec + b_dec: [..., d_out]."""
         if self.cfg.feature_scale:
             f = f * self.feature_scale
-        return f @ self.W_dec + self.b_dec
+        return self.denormalize_output(f @ self.W_dec + self.b_dec)
 
     def decode_sparse(self, active: Active) -> Tensor:
         """x̂ from the active entries only (flat or per-token layout of ``Active``) -> [B, d_in]."""
@@ -238,7 +301,8 @@ class SparseAutoencoder(nn.Module):
         return sparse_decode(values, active.indices, self.W_dec, active.offsets) + self.b_dec
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x))
+        """The reconstruction of x (a transcoder: its prediction of the target)."""
+        return self.predict(x, self.decode(self.encode(x)))
 
     # ---- choosing between the dense and the sparse training path ------------------------------
     def train_sparsely(self, x: Tensor) -> bool:
@@ -306,6 +370,15 @@ class SparseAutoencoder(nn.Module):
         self.b_dec /= c
         self.cfg.activation_scale = self.cfg.activation_scale * c
 
+    # ---- what tools that expect SAELens-like objects read (SAEBench's custom-SAE contract) ----
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
     @torch.no_grad()
     def init_b_dec(self, sample: Tensor) -> None:
         """Start b_dec at the mean of a sample of (already normalised) activations."""
@@ -323,16 +396,17 @@ class SparseAutoencoder(nn.Module):
             name: t.detach().contiguous() for name, t in self.state_dict().items() if name != "sparsity_coefficient"
         }
 
-    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the SAE as a folder: cfg.json + sae_weights.safetensors (sae/files.py)."""
-        from .files import write_sae_folder
+    _folder_writer: ClassVar[Callable | None] = None
+    """Writes an SAE folder: set by saekit.formats (saekit's folder format), which imports
+    this layer; the SAE layer itself knows no file format."""
 
-        cfg = self.config_for_save()
-        dtype = getattr(torch, cfg.dtype)
-        tensors = {
-            name: t.to("cpu", dtype) if t.is_floating_point() else t.cpu() for name, t in self.state_for_save().items()
-        }
-        return write_sae_folder(path, cfg.to_dict(), tensors, overwrite=overwrite)
+    def save(self, path: str | Path, *, overwrite: bool = False, feature_frequency: Tensor | None = None) -> Path:
+        """Write the SAE as a folder that saekit and SAELens load (saekit.formats.saekit):
+        cfg.json + sae_weights.safetensors; ``feature_frequency`` [d_sae] adds
+        sparsity.safetensors."""
+        if SparseAutoencoder._folder_writer is None:
+            raise RuntimeError("saekit.formats is not imported; `import saekit` registers the SAE folder writer.")
+        return SparseAutoencoder._folder_writer(self, path, overwrite=overwrite, feature_frequency=feature_frequency)
 
     def config_for_save(self) -> SAEConfig:
         """cfg with the current sparsity coefficient written back (the controller may have moved it)."""

@@ -45,7 +45,7 @@ class BatchTopKSAE(TopKSAE):
         return f
 
     def select(self, x: Tensor) -> Active:
-        active = select_batch_topk(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
+        active = select_batch_topk(x, self.W_enc, self.b_enc, self.centre, self.cfg.k)
         self._update_threshold(active.values)
         return active
 

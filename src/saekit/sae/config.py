@@ -22,6 +22,7 @@ from .._runtime.parsing import (
     from_dict,
     validate_fields,
 )
+from .hooks import layer_of, transformer_lens_name
 
 FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
 """The dtypes an SAE's weights may be stored in."""
@@ -39,6 +40,20 @@ class SAEConfig:
     """Width of the activations the SAE reads (the model's d_model at the hook point)."""
     d_sae: PositiveInt
     """Number of features (dictionary size M)."""
+    d_out: PositiveInt | None = None
+    """Width of what the SAE predicts: a transcoder's target (default d_in); an SAE
+    reconstructs its input, so leave it unset."""
+    transcoder: bool | Literal["skip"] = False
+    """true: a transcoder, which reads one hook point and predicts another (an MLP's output
+    from its input, say); "skip": a skip transcoder, whose prediction adds a linear term
+    x W_skipᵀ. Any architecture can be a transcoder."""
+    apply_b_dec_to_input: bool = True
+    """Whether the encoder reads x − b_dec (the pre-encoder bias of Bricken et al.) or x.
+    Transcoders never subtract b_dec (it lives in the target's space); SAEs read from other
+    libraries may not."""
+    input_normalization: Literal["none", "constant_norm_rescale", "layer_norm"] = "none"
+    """A normalisation of each input at run time, undone on the output: SAELens's
+    constant_norm_rescale (x·√d_in/‖x‖) and layer_norm. Only SAEs read from SAELens use it."""
 
     l1_coefficient: NonNegativeFloat | None = None
     """relu, gated: weight λ of the L1 penalty. Leave unset when target_l0 is given."""
@@ -86,7 +101,9 @@ class SAEConfig:
     """The factor c that was folded into the weights (1.0 when none was)."""
 
     hook: str | None = None
-    """Hook point the SAE was trained on, e.g. "layers.15.resid_post"."""
+    """Hook point the SAE was trained on (a transcoder: the one it reads), e.g. "layers.15.resid_post"."""
+    hook_out: str | None = None
+    """A transcoder's target hook point, e.g. "layers.9.mlp_out"."""
     model: str | None = None
     """Model the activations came from."""
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
@@ -101,12 +118,51 @@ class SAEConfig:
             raise ConfigError(str(error), field=error.field, value=error.value, requirement=error.requirement) from None
         if not isinstance(self.arch, str) or not self.arch:
             raise ConfigError(f"arch must be an architecture name, got {self.arch!r}.", field="arch", value=self.arch)
+        if self.transcoder:
+            self.apply_b_dec_to_input = False
+        elif self.d_out is not None and self.d_out != self.d_in:
+            raise ConfigError(
+                f"d_out={self.d_out} differs from d_in={self.d_in}, which only a transcoder can do; "
+                'pass transcoder=True (or "skip"), or leave d_out unset.',
+                field="d_out",
+                value=self.d_out,
+            )
         if not 0 <= self.batchtopk_threshold_momentum < 1:
             raise ConfigError(
                 f"batchtopk_threshold_momentum must be in [0, 1), got {self.batchtopk_threshold_momentum!r}.",
                 field="batchtopk_threshold_momentum",
                 value=self.batchtopk_threshold_momentum,
             )
+
+    # ---- what SAEBench and other SAELens-minded tools read off a config --------------------
+    # (settable, because SAEBench writes them back onto the config it is given)
+    @property
+    def model_name(self) -> str | None:
+        return self.__dict__.get("_model_name", self.model)
+
+    @model_name.setter
+    def model_name(self, value: str | None) -> None:
+        self.__dict__["_model_name"] = value
+
+    @property
+    def hook_name(self) -> str | None:
+        """The hook point in TransformerLens naming (blocks.15.hook_resid_post)."""
+        return self.__dict__.get("_hook_name", transformer_lens_name(self.hook))
+
+    @hook_name.setter
+    def hook_name(self, value: str | None) -> None:
+        self.__dict__["_hook_name"] = value
+
+    @property
+    def hook_layer(self) -> int | None:
+        return self.__dict__.get("_hook_layer", layer_of(self.hook))
+
+    @hook_layer.setter
+    def hook_layer(self, value: int | None) -> None:
+        self.__dict__["_hook_layer"] = value
+
+    def architecture(self) -> str:
+        return self.arch
 
     # ---- (de)serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -46,40 +46,54 @@ class GatedSAE(SparseAutoencoder):
     def default_coefficient(cls) -> float:
         return 1.0
 
+    @property
+    def b_enc(self) -> Tensor:
+        """No encoder bias of its own (b_gate and b_mag play that part): zeros, for tools
+        that read every SAE's b_enc (SAEBench)."""
+        return self.W_enc.new_zeros(self.d_sae)
+
     def projection(self, x: Tensor) -> Tensor:
         """P = (x − b_dec) W_gate = x W_gate − b_dec W_gate: [..., d_sae] (no gradient w.r.t. x needed)."""
-        return self.encoder_matmul(x, -(self.b_dec @ self.W_enc))
+        return self.encoder_matmul(self.normalize_input(x), self.centred_bias(self.W_enc.new_zeros(self.d_sae)))
 
     def encode(self, x: Tensor) -> Tensor:
         return gated_features(self.projection(x), self.b_gate, self.r_mag, self.b_mag)[0]
 
-    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
+    def loss(self, x: Tensor, *, target: Tensor | None = None, sparsity_scale: float = 1.0) -> LossOutput:
+        target = x if target is None else target
         if self.train_sparsely(x):
-            return self._sparse_loss(x, sparsity_scale)
+            return self._sparse_loss(x, target, sparsity_scale)
         f, gate = gated_features(self.projection(x), self.b_gate, self.r_mag, self.b_mag)
-        x_hat = self.decode(f)
-        reconstruction = self.reconstruction_error(x, x_hat)
+        x_hat = self.predict(x, self.decode(f))
+        reconstruction = self.reconstruction_error(target, x_hat)
         # Σ_t Σ_i ReLU(π_gate)_ti ‖d_i‖ / B, summed over tokens first (one pass, no products).
         sparsity = self.coefficient(sparsity_scale) * (gate.sum(0).float() @ self.decoder_norms()) / x.shape[0]
-        x_hat_gate = gate @ self.W_dec.detach() + self.b_dec.detach()
-        auxiliary = self.reconstruction_error(x, x_hat_gate)
+        x_hat_gate = self._frozen_predict(x, gate @ self.W_dec.detach() + self.b_dec.detach())
+        auxiliary = self.reconstruction_error(target, x_hat_gate)
         parts = {"reconstruction": reconstruction, "sparsity": sparsity, "auxiliary": auxiliary}
         return LossOutput.from_features(reconstruction + sparsity + auxiliary, parts, f, x_hat)
 
-    def _sparse_loss(self, x: Tensor, sparsity_scale: float) -> LossOutput:
+    def _frozen_predict(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        """The gate path's prediction: the decoder and the skip term frozen (stop-gradient)."""
+        skip = self.skip(x.detach())
+        return x_hat if skip is None else x_hat + skip.detach().to(x_hat.dtype)
+
+    def _sparse_loss(self, x: Tensor, target: Tensor, sparsity_scale: float) -> LossOutput:
         """The same loss from the open gates alone (π_gate > 0): f and ReLU(π_gate) are zero
         everywhere else, and so is every gradient through them."""
-        gates = select_entries(x, self.W_enc, self.b_gate, self.b_dec, positive_entries)  # π_gate > 0
+        gates = select_entries(x, self.W_enc, self.b_gate, self.centre, positive_entries)  # π_gate > 0
         latents = gates.indices
         projected = gates.values - self.b_gate[latents].to(gates.values.dtype)  # P = x̃ W_gate at those entries
         f = torch.relu(torch.exp(self.r_mag[latents]) * projected + self.b_mag[latents])
-        x_hat = self.decode_sparse(gates._replace(values=f))
-        reconstruction = self.reconstruction_error(x, x_hat)
+        x_hat = self.predict(x, self.decode_sparse(gates._replace(values=f)))
+        reconstruction = self.reconstruction_error(target, x_hat)
         sparsity = (
             self.coefficient(sparsity_scale) * (gates.values.float() @ self.decoder_norms()[latents]) / x.shape[0]
         )
-        x_hat_gate = sparse_decode(gates.values, latents, self.W_dec.detach(), gates.offsets) + self.b_dec.detach()
-        auxiliary = self.reconstruction_error(x, x_hat_gate)
+        x_hat_gate = self._frozen_predict(
+            x, sparse_decode(gates.values, latents, self.W_dec.detach(), gates.offsets) + self.b_dec.detach()
+        )
+        auxiliary = self.reconstruction_error(target, x_hat_gate)
         parts = {"reconstruction": reconstruction, "sparsity": sparsity, "auxiliary": auxiliary}
         return LossOutput.from_entries(
             reconstruction + sparsity + auxiliary, parts, x_hat, latents, f.detach() > 0, self.d_sae

@@ -100,26 +100,27 @@ class JumpReluSAE(SparseAutoencoder):
         z = self.pre_activations(x)
         return z * (z > self.threshold).to(z.dtype)
 
-    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
+    def loss(self, x: Tensor, *, target: Tensor | None = None, sparsity_scale: float = 1.0) -> LossOutput:
+        target = x if target is None else target
         if self.train_sparsely(x):
-            return self._sparse_loss(x, sparsity_scale)
+            return self._sparse_loss(x, target, sparsity_scale)
         z = self.pre_activations(x)
         threshold = self.threshold.to(z.dtype)
         f, active = jumprelu_with_l0(z, threshold, self.cfg.jumprelu_bandwidth)
-        x_hat = self.decode(f)
-        reconstruction = self.reconstruction_error(x, x_hat)
+        x_hat = self.predict(x, self.decode(f))
+        reconstruction = self.reconstruction_error(target, x_hat)
         sparsity = self.coefficient(sparsity_scale) * active / z.shape[0]
         parts = {"reconstruction": reconstruction, "sparsity": sparsity}
         return LossOutput.from_features(reconstruction + sparsity, parts, f, x_hat)
 
-    def _sparse_loss(self, x: Tensor, sparsity_scale: float) -> LossOutput:
+    def _sparse_loss(self, x: Tensor, target: Tensor, sparsity_scale: float) -> LossOutput:
         """The same loss from the entries z > θ − ε: every entry that is active or receives
         a straight-through gradient (z > θ − ε/2), with a margin for bf16 rounding."""
         floor = self.threshold.detach() - self.cfg.jumprelu_bandwidth
-        entries = select_entries(x, self.W_enc, self.b_enc, self.b_dec, partial(entries_above, floor=floor))
+        entries = select_entries(x, self.W_enc, self.b_enc, self.centre, partial(entries_above, floor=floor))
         f, active = jumprelu_with_l0(entries.values, self.threshold, self.cfg.jumprelu_bandwidth, entries.indices)
-        x_hat = self.decode_sparse(entries._replace(values=f))
-        reconstruction = self.reconstruction_error(x, x_hat)
+        x_hat = self.predict(x, self.decode_sparse(entries._replace(values=f)))
+        reconstruction = self.reconstruction_error(target, x_hat)
         sparsity = self.coefficient(sparsity_scale) * active / x.shape[0]
         parts = {"reconstruction": reconstruction, "sparsity": sparsity}
         return LossOutput.from_entries(

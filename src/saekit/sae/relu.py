@@ -39,12 +39,13 @@ class ReluSAE(SparseAutoencoder):
     def encode(self, x: Tensor) -> Tensor:
         return self.pre_activations(x).relu_()  # in place: z itself is needed by nobody
 
-    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
+    def loss(self, x: Tensor, *, target: Tensor | None = None, sparsity_scale: float = 1.0) -> LossOutput:
+        target = x if target is None else target
         if self.train_sparsely(x):
-            return self._sparse_loss(x, sparsity_scale)
+            return self._sparse_loss(x, target, sparsity_scale)
         f, per_feature = relu_with_column_sums(self.pre_activations(x))
-        x_hat = self.decode(f)
-        reconstruction = self.reconstruction_error(x, x_hat)
+        x_hat = self.predict(x, self.decode(f))
+        reconstruction = self.reconstruction_error(target, x_hat)
         # Σ_t Σ_i f_ti (‖d_i‖) / B, from the per-feature sums over tokens.
         if not self.unit_norm_decoder:
             per_feature = per_feature * self.decoder_norms()
@@ -52,11 +53,11 @@ class ReluSAE(SparseAutoencoder):
         parts = {"reconstruction": reconstruction, "sparsity": sparsity}
         return LossOutput.from_features(reconstruction + sparsity, parts, f, x_hat)
 
-    def _sparse_loss(self, x: Tensor, sparsity_scale: float) -> LossOutput:
+    def _sparse_loss(self, x: Tensor, target: Tensor, sparsity_scale: float) -> LossOutput:
         """The same loss from f's non-zeros alone, which are z's positive entries."""
-        active = select_entries(x, self.W_enc, self.b_enc, self.b_dec, positive_entries)
-        x_hat = self.decode_sparse(active)
-        reconstruction = self.reconstruction_error(x, x_hat)
+        active = select_entries(x, self.W_enc, self.b_enc, self.centre, positive_entries)
+        x_hat = self.predict(x, self.decode_sparse(active))
+        reconstruction = self.reconstruction_error(target, x_hat)
         per_entry = active.values.float()
         if not self.unit_norm_decoder:
             per_entry = per_entry * self.decoder_norms()[active.indices]

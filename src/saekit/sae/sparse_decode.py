@@ -257,21 +257,24 @@ def entries_above(z: Tensor, floor: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return _entries_at(z.reshape(-1), _true_positions((z > floor.to(z.dtype)).reshape(-1)), z.shape[1])
 
 
-def _encoder_gradients(centred: Tensor, gamma: Tensor, latents: Tensor, tokens: Tensor, W_enc: Tensor):
-    """(∂L/∂W_enc, ∂L/∂b_enc, ∂L/∂b_dec) from γ [n], the gradient reaching the selected
+def _encoder_gradients(
+    centred: Tensor, gamma: Tensor, latents: Tensor, tokens: Tensor, W_enc: Tensor, centre: Tensor | None
+):
+    """(∂L/∂W_enc, ∂L/∂b_enc, ∂L/∂centre) from γ [n], the gradient reaching the selected
     pre-activations z[tokens, latents]; only those latents' columns are touched."""
     d_sae = W_enc.shape[1]
     grad_b_enc = torch.zeros(d_sae, dtype=torch.float32, device=gamma.device).index_add_(0, latents, gamma)
     # ∂L/∂W_encᵀ = Γᵀ x̃ with Γ [B, d_sae] holding γ at the selected entries: one sparse matmul.
     grad_W_enc = _sparse_rows_matmul(latents, tokens, gamma, d_sae, centred).t()
-    grad_b_dec = -(W_enc.float() @ grad_b_enc)  # x̃ = x − b_dec
-    return grad_W_enc.to(W_enc.dtype), grad_b_enc.to(W_enc.dtype), grad_b_dec.to(W_enc.dtype)
+    grad_centre = None if centre is None else (-(W_enc.float() @ grad_b_enc)).to(W_enc.dtype)  # x̃ = x − b_dec
+    return grad_W_enc.to(W_enc.dtype), grad_b_enc.to(W_enc.dtype), grad_centre
 
 
 def _pre_activations(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dtype: torch.dtype
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, centre: Tensor | None, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
-    centred = (x - b_dec).to(dtype)
+    """(x̃ = x − centre, or x when there is no centre; z = x̃ W_enc + b_enc)."""
+    centred = (x if centre is None else x - centre).to(dtype)
     return centred, torch.addmm(b_enc.to(dtype), centred, W_enc.to(dtype))
 
 
@@ -282,20 +285,20 @@ class _SelectTopK(torch.autograd.Function):
     backward touches only the selected latents."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, dtype: torch.dtype):
-        centred, z = _pre_activations(x, W_enc, b_enc, b_dec, dtype)
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, centre: Tensor | None, k: int, dtype: torch.dtype):
+        centred, z = _pre_activations(x, W_enc, b_enc, centre, dtype)
         values, indices = z.topk(k, dim=-1, sorted=False)
         values = torch.relu(values)
-        ctx.save_for_backward(centred, values, indices, W_enc)
+        ctx.save_for_backward(centred, values, indices, W_enc, centre)
         ctx.mark_non_differentiable(indices)
         return values, indices
 
     @staticmethod
     def backward(ctx, grad_values: Tensor, _grad_indices):
-        centred, values, indices, W_enc = ctx.saved_tensors
+        centred, values, indices, W_enc, centre = ctx.saved_tensors
         gamma = (grad_values * (values > 0)).float().reshape(-1)  # through the ReLU
         tokens = _token_of_each_entry(indices, None)
-        return None, *_encoder_gradients(centred, gamma, indices.reshape(-1), tokens, W_enc), None, None
+        return None, *_encoder_gradients(centred, gamma, indices.reshape(-1), tokens, W_enc, centre), None, None
 
 
 class _SelectEntries(torch.autograd.Function):
@@ -304,33 +307,34 @@ class _SelectEntries(torch.autograd.Function):
     in token order), with the sparse backward: the entries' values carry the gradient."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, choose, dtype: torch.dtype):
-        centred, z = _pre_activations(x, W_enc, b_enc, b_dec, dtype)
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, centre: Tensor | None, choose, dtype: torch.dtype):
+        centred, z = _pre_activations(x, W_enc, b_enc, centre, dtype)
         values, indices, tokens = choose(z)
         del z
-        ctx.save_for_backward(centred, indices, tokens, W_enc)
+        ctx.save_for_backward(centred, indices, tokens, W_enc, centre)
         ctx.mark_non_differentiable(indices, tokens)
         return values, indices, tokens
 
     @staticmethod
     def backward(ctx, grad_values: Tensor, _grad_indices, _grad_tokens):
-        centred, indices, tokens, W_enc = ctx.saved_tensors
-        return None, *_encoder_gradients(centred, grad_values.float(), indices, tokens, W_enc), None, None
+        centred, indices, tokens, W_enc, centre = ctx.saved_tensors
+        return None, *_encoder_gradients(centred, grad_values.float(), indices, tokens, W_enc, centre), None, None
 
 
-def select_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> Active:
-    """The k active latents of each token (values ≥ 0 [B, k], indices [B, k])."""
-    values, indices = _SelectTopK.apply(x, W_enc, b_enc, b_dec, k, compute_dtype(W_enc))
+def select_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, centre: Tensor | None, k: int) -> Active:
+    """The k active latents of each token (values ≥ 0 [B, k], indices [B, k]) of
+    z = (x − centre) W_enc + b_enc (centre None: x W_enc + b_enc)."""
+    values, indices = _SelectTopK.apply(x, W_enc, b_enc, centre, k, compute_dtype(W_enc))
     return Active(values, indices)
 
 
-def select_entries(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, choose) -> Active:
+def select_entries(x: Tensor, W_enc: Tensor, b_enc: Tensor, centre: Tensor | None, choose) -> Active:
     """The pre-activations at the entries ``choose`` picks (see _SelectEntries), in the flat layout."""
-    values, indices, tokens = _SelectEntries.apply(x, W_enc, b_enc, b_dec, choose, compute_dtype(W_enc))
+    values, indices, tokens = _SelectEntries.apply(x, W_enc, b_enc, centre, choose, compute_dtype(W_enc))
     counts = torch.bincount(tokens, minlength=x.shape[0])
     return Active(values, indices, torch.cumsum(counts, 0) - counts)
 
 
-def select_batch_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> Active:
+def select_batch_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, centre: Tensor | None, k: int) -> Active:
     """BatchTopK's active latents, in the flat layout (see batch_topk_entries)."""
-    return select_entries(x, W_enc, b_enc, b_dec, partial(batch_topk_entries, k=k))
+    return select_entries(x, W_enc, b_enc, centre, partial(batch_topk_entries, k=k))

@@ -42,15 +42,16 @@ class TopKSAE(SparseAutoencoder):
 
     def select(self, x: Tensor) -> Active:
         """Training-time active latents, with the sparse backward of sparse_decode.py."""
-        return select_topk(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
+        return select_topk(x, self.W_enc, self.b_enc, self.centre, self.cfg.k)
 
-    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0) -> LossOutput:
+    def loss(self, x: Tensor, *, target: Tensor | None = None, sparsity_scale: float = 1.0) -> LossOutput:
+        target = x if target is None else target
         active = self.select(x)
-        x_hat = self.decode_sparse(active)
-        reconstruction = self.reconstruction_error(x, x_hat)
+        x_hat = self.predict(x, self.decode_sparse(active))
+        reconstruction = self.reconstruction_error(target, x_hat)
         parts = {"reconstruction": reconstruction}
         total = reconstruction
-        auxiliary = self.auxk_loss(x, (x - x_hat).detach())
+        auxiliary = self.auxk_loss(x, (target - x_hat).detach())
         if auxiliary is not None:
             parts["auxiliary"] = auxiliary
             total = total + auxiliary
@@ -64,7 +65,9 @@ class TopKSAE(SparseAutoencoder):
         if n_dead == 0 or self.cfg.aux_coefficient == 0:
             return None
         k_aux = min(self.aux_k, n_dead)
-        z_dead = x @ self.W_enc[:, dead] + (self.b_enc[dead] - self.b_dec @ self.W_enc[:, dead])
+        W_dead = self.W_enc[:, dead]
+        bias = self.b_enc[dead] if self.centre is None else self.b_enc[dead] - self.centre @ W_dead
+        z_dead = x @ W_dead + bias
         values, positions = z_dead.topk(k_aux, dim=-1, sorted=False)
         residual_hat = sparse_decode(torch.relu(values), dead[positions], self.W_dec)
         error = (residual_hat.float() - residual.float()).pow(2)

@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from .._runtime.atomic import atomic_path, recover_swapped
 from .._runtime.checksums import sha256_files
 from .._runtime.errors import DataError
+from ..formats.errors import FormatError
+from ..formats.saekit import load_sae
 from ..sae.base import SparseAutoencoder
-from ..sae.files import SAELoadError
-from ..sae.persistence import load_sae
 
 STATE_FILE = "trainer_state.json"
 TENSORS_FILE = "training_state.safetensors"
@@ -87,7 +87,7 @@ def load_checkpoint(
         ) from None
     try:
         saved = load_sae(path / "sae", device=sae.W_dec.device)
-    except SAELoadError as error:
+    except FormatError as error:
         raise CheckpointError(f"the checkpoint at {path} holds an unreadable SAE: {error}") from None
     if saved.cfg.arch != sae.cfg.arch or saved.state_for_save().keys() != sae.state_for_save().keys():
         raise CheckpointError(

@@ -151,7 +151,8 @@ def test_a_saelens_release_from_its_registry_offline(tmp_path, offline_hub, monk
         "    path: layer_20/width_16k/average_l0_71\n"
         "my-relus:\n  repo_id: someone/relu-saes\n  model: smollm2\n  conversion_func: null\n"
         "  saes:\n  - id: blocks.3.hook_resid_post\n    path: l3\n"
-        "llama-scope:\n  repo_id: fnlp/x\n  model: llama\n  conversion_func: llama_scope\n  saes:\n  - id: a\n    path: a\n"
+        "llama-scope:\n  repo_id: fnlp/x\n  model: llama\n  conversion_func: llama_scope\n"
+        "  saes:\n  - id: a\n    path: a\n"
     )
     monkeypatch.setenv("SAEKIT_SAELENS_REGISTRY", str(registry))
     gemma = saekit.load("saelens://gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical")

@@ -27,7 +27,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,9 +197,13 @@ class OutputFolder:
         owns: Sequence[str] = (),
         overwrite: bool = False,
         flag: str = "--out",
+        normalize: Callable[[Any], Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.kind, self.identity = kind, jsonable(identity)
+        self.normalize = normalize
+        """Re-reads a saved identity with today's settings classes (fields added since it
+        was written take their defaults), so that a new option does not orphan old folders."""
         self.owns, self.overwrite, self.flag = tuple(owns), overwrite, flag
         self.lock = FolderLock(self.path, flag=flag)
         self.manifest: dict[str, Any] = {}
@@ -236,6 +240,11 @@ class OutputFolder:
                 f"choose another {self.flag}."
             )
         carried: set[str] = set()  # saekit's outputs before an overwrite: what remains of them is the user's
+        if saved is not None and self.normalize is not None and saved.get("identity") != self.identity:
+            try:
+                saved["identity"] = jsonable(self.normalize(saved.get("identity")))
+            except Exception:  # noqa: BLE001 - an identity today's classes cannot read differs, and is shown
+                pass
         if saved is not None and (self.overwrite or saved.get("identity") != self.identity):
             changed = differences(saved.get("identity"), self.identity)
             if self.overwrite or not self._wrote_anything(saved):

@@ -205,27 +205,114 @@ def cmd_harvest(args: argparse.Namespace) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
-    """evaluate / interpret / report on an existing run folder."""
-    from .pipeline import open_run, run_stages, say
+    """evaluate / interpret / report: on an existing run folder, or on an SAE from anywhere
+    (--sae) with a model and a corpus, into a new run folder."""
+    from .pipeline import open_run, run_pipeline, run_stages, say
 
-    run = open_run(args.run, write=True)
-    try:
-        stages = {"evaluate": ("evaluate",), "report": ("interpret", "report"), "interpret": ("interpret",)}[
-            args.command
-        ]
-        for stage in stages:
-            if run.done(stage) and not args.force:
-                say(f"{stage}: done already (use --force to redo)")
-                continue
-            run_stages(run, (stage,), force=True)
-    finally:
-        run.output_folder.close()
+    stages = {"evaluate": ("evaluate",), "report": ("interpret", "report"), "interpret": ("interpret",)}[args.command]
+    if args.sae is not None:
+        if args.run is not None:
+            raise ConfigValueError(f"saekit {args.command}: give a run folder or --sae, not both.")
+        run = run_pipeline(args.out or _default_out(args.sae), _config_for(args), stages=("train", *stages))
+    else:
+        if args.run is None:
+            raise ConfigValueError(f"saekit {args.command} needs a run folder (RUN), or --sae SOURCE with --model.")
+        run = open_run(args.run, write=True)
+        try:
+            for stage in stages:
+                if run.done(stage) and not args.force:
+                    say(f"{stage}: done already (use --force to redo)")
+                    continue
+                run_stages(run, (stage,), force=True)
+        finally:
+            run.output_folder.close()
     if args.command == "evaluate":
         from ..evaluation.splice import print_table, read_metrics
 
-        print_table(read_metrics(run.metrics_path))
+        metrics = read_metrics(run.metrics_path)
+        print_table(metrics)
+        if args.saebench:
+            _write_saebench(args.saebench, run, metrics, overwrite=args.overwrite)
     else:
         say(f"dashboard: {run.report_path.resolve()}")
+
+
+def _config_for(args: argparse.Namespace):
+    """A run config that evaluates and explains the SAE of --sae on --model and --corpus."""
+    from ..formats import load
+    from .config import RunConfig
+
+    hook = args.hook or load(args.sae).cfg.hook
+    if hook is None:
+        raise ConfigValueError(f"--sae {args.sae}: the SAE does not say which hook point it reads; give --hook.")
+    return RunConfig().with_overrides(
+        {
+            "model.name": args.model,
+            "model.hook": hook,
+            "corpus.path": args.corpus,
+            "sae.load": args.sae,
+            "evaluate.tokens": args.tokens,
+        }
+    )
+
+
+def _default_out(source: str) -> Path:
+    name = source.rstrip("/").split("/")[-1] or "sae"
+    return Path("runs") / f"eval-{name}"
+
+
+def _write_saebench(target: str, run, metrics: dict, *, overwrite: bool) -> None:
+    from .._runtime.atomic import atomic_write_json
+    from .._runtime.errors import FolderError
+    from ..evaluation.saebench import core_eval_output
+
+    path = Path(target)
+    if path.exists() and not overwrite:
+        raise FolderError(f"--saebench {path} already exists; choose another file, or add --overwrite to replace it.")
+    config = run.config
+    output = core_eval_output(
+        metrics,
+        run.load_sae(),
+        model_name=config.model.name,
+        context_size=config.corpus.context_size,
+        dataset=config.corpus.path,
+    )
+    atomic_write_json(path, output)
+    print(f"SAEBench core-eval result: {path}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """saekit export neuronpedia RUN --out DIR"""
+    from .._runtime.folder import OutputFolder
+    from ..interpret import FeatureStats
+    from ..report.neuronpedia import export_neuronpedia
+    from .pipeline import open_run, say
+
+    run = open_run(args.run, write=False)
+    if not (run.features_path / "feature_stats.safetensors").is_file():
+        raise ConfigValueError(f"{args.run} has no feature statistics yet; run `saekit report {args.run}` first.")
+    stats = FeatureStats.load(run.features_path)
+    model_id = args.model_id or run.config.model.name.replace("/", "-")
+    with OutputFolder(
+        args.out,
+        kind="neuronpedia-export",
+        identity={"run": str(Path(args.run).resolve()), "model_id": model_id, "set": args.source_set},
+        overwrite=args.overwrite,
+    ) as folder:
+        folder.output(model_id)
+        source = export_neuronpedia(
+            folder.path,
+            run.load_sae(),
+            stats,
+            run.model,
+            model_id=model_id,
+            source_set=args.source_set,
+            dataset=run.config.corpus.path,
+            n_features=args.features,
+        )
+        folder.finished(model_id)
+        folder.finished(*sorted(p.name for p in folder.path.glob("batch-*.json")))
+    say(f"Neuronpedia export: {source} (bulk-import layout) and {folder.path}/batch-*.json (SAEDashboard batches)")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -348,14 +435,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train, _flags=flags)
 
     for name, text in (
-        ("evaluate", "evaluate a run's SAE inside the model on held-out text: metrics.json + table"),
+        (
+            "evaluate",
+            "evaluate a run's SAE (or any SAE, --sae) inside the model on held-out text: metrics.json + table",
+        ),
         ("interpret", "collect per-feature statistics of a run (top contexts, logit effects)"),
         ("report", "write a run's HTML dashboard (collects feature statistics first if needed)"),
     ):
         p = commands.add_parser(name, help=text, description=text)
-        p.add_argument("run", help="run folder (from `saekit run` or `saekit demo`)")
+        p.add_argument("run", nargs="?", help="run folder (from `saekit run` or `saekit demo`)")
         p.add_argument("--force", action="store_true", help="redo the stage even if its output exists")
+        p.add_argument(
+            "--sae",
+            help="an SAE from anywhere instead of a run: a saekit, SAELens, sparsify or "
+            "dictionary_learning folder, hf://ORG/REPO/PATH, saelens://RELEASE/SAE_ID (needs --model)",
+        )
+        p.add_argument("--model", default="smollm2", help="with --sae: the model the SAE reads (default: smollm2)")
+        p.add_argument("--hook", help="with --sae: its hook point, when the SAE does not say")
+        p.add_argument("--corpus", default="default", help="with --sae: the texts (default: Shakespeare)")
+        p.add_argument(
+            "--tokens",
+            type=value_type(PositiveInt, "--tokens", 16384),
+            default=16384,
+            help="with --sae: held-out tokens to evaluate on",
+        )
+        p.add_argument("--out", help="with --sae: the run folder to make (default: runs/eval-<name>)")
+        p.add_argument("--overwrite", action="store_true", help="replace the --saebench file if it exists")
+        if name == "evaluate":
+            p.add_argument("--saebench", metavar="FILE", help="also write the metrics in SAEBench's core-eval schema")
         p.set_defaults(func=cmd_stage)
+
+    p = commands.add_parser("export", help="write a run's features in another tool's format (neuronpedia)")
+    p.add_argument("format", choices=["neuronpedia"], help="neuronpedia: SAEDashboard batches + bulk-import layout")
+    p.add_argument("run", help="run folder with feature statistics (saekit report RUN makes them)")
+    p.add_argument("--out", required=True, help="export folder")
+    p.add_argument("--model-id", help="Neuronpedia's model id (default: the run's model name)")
+    p.add_argument("--source-set", default="saekit", help="Neuronpedia source set name (default: saekit)")
+    p.add_argument("--features", type=value_type(PositiveInt, "--features", 1000), help="only the first N features")
+    p.add_argument("--overwrite", action="store_true", help="replace an export made there with other settings")
+    p.set_defaults(func=cmd_export)
 
     p = commands.add_parser(
         "sweep",

@@ -120,6 +120,10 @@ class SAESection:
     """jumprelu: L0 coefficient (instead of target_l0)."""
     fit_scale: bool = False
     """Fit the per-feature scale vector s after training (the feature-suppression fix)."""
+    load: str | None = None
+    """An existing SAE to evaluate and explain instead of training one: a saekit or SAELens
+    folder, a sparsify or dictionary_learning checkpoint, a Gemma Scope folder,
+    hf://ORG/REPO/PATH or saelens://RELEASE/SAE_ID. Harvest and training are skipped."""
     options: dict[str, Any] = field(default_factory=dict)
     """Further SAE options (fields of saekit.SAEConfig: decoder_norm, reconstruction_loss,
     normalize_activations, aux_k, jumprelu_bandwidth, ...); on the command line
@@ -263,8 +267,11 @@ class RunConfig:
             data[section][name] = value
         return RunConfig.from_dict(data, where="the config with command-line overrides")
 
-    def check(self, d_in: int) -> SAEConfig:
-        """Everything that can be checked against the model's width before work starts."""
+    def check(self, d_in: int) -> SAEConfig | None:
+        """Everything that can be checked against the model's width before work starts
+        (an SAE to load is checked when it is loaded)."""
+        if self.sae.load is not None:
+            return None
         try:
             return self.sae.check(d_in)
         except ConfigError as error:

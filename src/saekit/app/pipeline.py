@@ -106,6 +106,11 @@ class Run:
         return corpus.split(c.held_out_fraction, seed=c.seed)
 
     # ---- stages ---------------------------------------------------------------------
+    def stages(self) -> tuple[str, ...]:
+        """The stages this run has: an SAE loaded from elsewhere is imported, not trained,
+        and needs no store."""
+        return ("train", *STAGES[2:]) if self.config.sae.load else STAGES
+
     def harvest(self) -> None:
         from ..data.harvest import harvest
 
@@ -124,6 +129,8 @@ class Run:
         )
 
     def train(self) -> None:
+        if self.config.sae.load:
+            return self.import_sae()
         from ..data.store import open_store
         from .recipes import train_sae
 
@@ -142,6 +149,26 @@ class Run:
             model=m.name,
             loggers=self._loggers(),
         )
+
+    def import_sae(self) -> None:
+        """The SAE of ``sae.load``, checked against the run's model, saved as RUN/sae."""
+        from ..formats import load
+
+        sae = load(self.config.sae.load)
+        hook = self.config.model.hook
+        if sae.cfg.hook is not None and sae.cfg.hook != hook:
+            raise ConfigValueError(
+                f"sae.load: the SAE reads {sae.cfg.hook}, but the run's model.hook is {hook}; "
+                f'set model.hook = "{sae.cfg.hook}" (--model.hook {sae.cfg.hook}).'
+            )
+        if sae.d_in != self.model.d_model:
+            raise ConfigValueError(
+                f"sae.load: the SAE reads d_in={sae.d_in}, but {self.model.name} has "
+                f"d_model={self.model.d_model}; load it with the model it was trained on."
+            )
+        sae.cfg.hook = hook
+        sae.cfg.model = sae.cfg.model or self.config.model.name
+        sae.save(self._output("sae"), overwrite=(self.folder / "sae").exists())
 
     def evaluate(self) -> None:
         from ..evaluation.splice import evaluate_in_model, write_metrics
@@ -219,10 +246,25 @@ def run_identity(config: RunConfig) -> dict:
     from ..data.model import model_fingerprint
 
     path = default_corpus_path() if config.corpus.path == "default" else Path(config.corpus.path).expanduser()
-    return {
-        "config": config.identity(),
-        "inputs": {"corpus": corpus_fingerprint(path), "model": model_fingerprint(config.model.name)},
-    }
+    inputs = {"corpus": corpus_fingerprint(path), "model": model_fingerprint(config.model.name)}
+    if config.sae.load:
+        inputs["sae"] = sae_fingerprint(config.sae.load)
+    return {"config": config.identity(), "inputs": inputs}
+
+
+def normalize_identity(saved: dict) -> dict:
+    """A run identity written by an earlier saekit, as today's config would write it."""
+    return {**saved, "config": RunConfig.from_dict(saved["config"]).identity()}
+
+
+def sae_fingerprint(source: str) -> str:
+    """The content of the SAE a run loads (a Hub source: its name, which pins nothing more)."""
+    from .._runtime.folder import fingerprint_paths
+
+    path = Path(source).expanduser()
+    if source.startswith(("hf://", "saelens://")) or not path.is_dir():
+        return source
+    return fingerprint_paths([p for p in path.iterdir() if p.is_file()])
 
 
 def prepare(folder: str | Path, config: RunConfig, *, overwrite: bool = False) -> Run:
@@ -238,6 +280,7 @@ def prepare(folder: str | Path, config: RunConfig, *, overwrite: bool = False) -
         identity=run_identity(config),
         owns=("config.json", *OUTPUTS.values(), "train"),
         overwrite=overwrite,
+        normalize=normalize_identity,
     )
     output.open()
     try:
@@ -262,7 +305,7 @@ def open_run(folder: str | Path, *, write: bool) -> Run:
     config = RunConfig.from_file(config_file)
     if not write:
         return Run(folder, config)
-    output = OutputFolder(folder, kind=KIND, identity=run_identity(config))
+    output = OutputFolder(folder, kind=KIND, identity=run_identity(config), normalize=normalize_identity)
     output.open()
     if not output.resumed:
         output.close()
@@ -284,7 +327,7 @@ def run_pipeline(
     run = prepare(folder, config, overwrite=overwrite)
     run.verify = verify
     try:
-        run_stages(run, stages)
+        run_stages(run, tuple(stage for stage in stages if stage in run.stages()))
     finally:
         run.output_folder.close()
     return run

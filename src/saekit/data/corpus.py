@@ -77,8 +77,32 @@ def corpus_fingerprint(path: str | Path) -> str:
     from .._runtime.folder import fingerprint_paths
 
     path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if path.is_file():
+        return fingerprint_paths([path], full_below=1 << 62)
+    if _is_datasets_folder(path):
+        files = [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    else:
+        files = _text_files(path)
     return fingerprint_paths(files, full_below=1 << 62)
+
+
+def _is_datasets_folder(path: Path) -> bool:
+    return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+
+
+def _text_files(folder: Path) -> list[Path]:
+    """The text files of a corpus folder, in the order they are read: .txt and .md under it,
+    hidden ones left out."""
+    return sorted(
+        (
+            p
+            for p in folder.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in TEXT_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        ),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
 
 
 # ---- reading ---------------------------------------------------------------------------
@@ -97,19 +121,10 @@ def read_documents(path: str | Path, text_field: str | None = None) -> list[Docu
         raise FileNotFoundError(f"corpus path {path} does not exist.")
     not_utf8: list[str] = []
     if path.is_dir():
-        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        if _is_datasets_folder(path):
             documents = _read_datasets_folder(path, text_field)
         else:
-            files = sorted(
-                (
-                    p
-                    for p in path.rglob("*")
-                    if p.is_file()
-                    and p.suffix.lower() in TEXT_SUFFIXES
-                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                ),
-                key=lambda p: p.relative_to(path).as_posix(),
-            )
+            files = _text_files(path)
             if not files:
                 raise UsageError(
                     f"the folder {path} holds no {'/'.join(TEXT_SUFFIXES)} files (searched recursively). "

@@ -35,13 +35,15 @@ def evaluate(
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Return l0, l1, mse, fvu, explained_variance, cosine_similarity, dead_fraction,
-    dense_fraction, relative_reconstruction_bias, n_tokens (floats) and
-    feature_frequency (a [d_sae] float tensor)."""
+    dense_fraction, relative_reconstruction_bias, l2_norm_in, l2_norm_out, l2_ratio (mean
+    ‖x̂‖/‖x‖), explained_variance_legacy (SAEBench's: the mean over tokens of 1 − ‖x − x̂‖²
+    / ‖x − x̄_batch‖²), n_tokens (floats) and feature_frequency (a [d_sae] float tensor)."""
     device = torch.device(device) if device else sae.W_dec.device
     was_training = sae.training
     sae.eval()
     d_in = sae.d_in
-    acc = torch.zeros(8, dtype=torch.float64, device=device)  # n, l0, l1, sq_err, Σ‖x‖², ‖x̂‖², ⟨x,x̂⟩, Σcos
+    # n, l0, l1, sq_err, Σ‖x‖², ‖x̂‖², ⟨x,x̂⟩, Σcos, Σ‖x‖, Σ‖x̂‖, Σ‖x̂‖/‖x‖, Σ legacy EV
+    acc = torch.zeros(12, dtype=torch.float64, device=device)
     sum_x = torch.zeros(d_in, dtype=torch.float64, device=device)
     fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=device)
     for x in iterate_once(data, batch_size, max_tokens):
@@ -49,18 +51,25 @@ def evaluate(
             raise ValueError(f"the data has d_in={x.shape[-1]} but the SAE reads d_in={d_in}.")
         x = x.to(device).float()
         f = sae.encode(x).float()
-        x_hat = sae.decode(f).float()
+        x_hat = sae.predict(x, sae.decode(f)).float()
         active = f > 0
+        norm_in, norm_out = x.norm(dim=-1), x_hat.norm(dim=-1)
+        squared_error = (x - x_hat).pow(2).sum(-1)
+        deviation = (x - x.mean(0)).pow(2).sum(-1)  # SAEBench's "legacy" EV: per token, about the batch mean
         acc += torch.stack(
             [
                 torch.tensor(float(x.shape[0]), device=device),
                 active.sum(),
                 f.abs().sum(),
-                (x - x_hat).pow(2).sum(),
+                squared_error.sum(),
                 x.pow(2).sum(),
                 x_hat.pow(2).sum(),
                 (x * x_hat).sum(),
                 torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).sum(),
+                norm_in.sum(),
+                norm_out.sum(),
+                (norm_out / torch.where(norm_in.abs() < 1e-4, torch.ones_like(norm_in), norm_in)).sum(),
+                (1 - squared_error / deviation.clamp_min(1e-12)).sum(),
             ]
         ).double()
         sum_x += x.sum(0).double()
@@ -82,6 +91,10 @@ def evaluate(
         "explained_variance": 1 - fvu,
         "cosine_similarity": float(acc[7]) / n,
         "relative_reconstruction_bias": float(acc[5] / acc[6]) if float(acc[6]) != 0 else float("nan"),
+        "l2_norm_in": float(acc[8]) / n,
+        "l2_norm_out": float(acc[9]) / n,
+        "l2_ratio": float(acc[10]) / n,
+        "explained_variance_legacy": float(acc[11]) / n,
         "dead_fraction": float((frequency == 0).float().mean()),
         "dense_fraction": float((frequency > dense_threshold).float().mean()),
         "feature_frequency": frequency,

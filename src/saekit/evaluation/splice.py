@@ -16,6 +16,7 @@ and reported with
     loss_recovered_mean_ablation   the same with CE_mean in place of CE_zero
     delta_lm_loss  = CE_SAE − CE_clean
     kl_div         = mean over predictions of KL(p_clean ‖ p_SAE) = Σ_v p_clean(v) log(p_clean(v) / p_SAE(v))
+    kl_div_zero_ablation, kl_div_score = (KL_zero − KL_SAE) / KL_zero   (SAEBench's KL score)
 
 Only tokens in the corpus's ``train_mask`` are replaced; special tokens (BOS, separators)
 and padding keep their original activation, as they were never part of the SAE's
@@ -137,7 +138,7 @@ def _spliced_cross_entropies(
         "zero_ablation": torch.zeros_like,
         "mean_ablation": lambda act: mean.to(act.dtype).expand_as(act),
     }
-    sums = dict.fromkeys(["clean", *replacements, "kl"], 0.0)
+    sums = dict.fromkeys(["clean", *replacements, "kl", "kl_zero"], 0.0)
     n_predictions = 0
     for tokens, mask, real in _batches(corpus, batch_contexts, progress, "spliced cross-entropy"):
         tokens, mask, real = tokens.to(loaded.device), mask.to(loaded.device), real.to(loaded.device)
@@ -151,8 +152,10 @@ def _spliced_cross_entropies(
             with splice(loaded, hook, _only_where(mask, replace)):
                 logp = _log_probs(loaded, tokens, scored)
             sums[name] += float(F.nll_loss(logp, targets, reduction="sum"))
-            if name == "sae":  # KL(p_clean ‖ p_sae), summed over the vocabulary
-                sums["kl"] += float(F.kl_div(logp, logp_clean, log_target=True, reduction="sum"))
+            if name in ("sae", "zero_ablation"):  # KL(p_clean ‖ p), summed over the vocabulary
+                sums["kl" if name == "sae" else "kl_zero"] += float(
+                    F.kl_div(logp, logp_clean, log_target=True, reduction="sum")
+                )
             del logp
     if n_predictions == 0:
         raise ValueError(
@@ -170,6 +173,8 @@ def _spliced_cross_entropies(
         "loss_recovered_mean_ablation": _recovered(ce["mean_ablation"], ce["sae"], ce["clean"]),
         "delta_lm_loss": ce["sae"] - ce["clean"],
         "kl_div": ce["kl"],
+        "kl_div_zero_ablation": ce["kl_zero"],
+        "kl_div_score": (ce["kl_zero"] - ce["kl"]) / ce["kl_zero"] if ce["kl_zero"] > 0 else float("nan"),
     }
 
 

@@ -112,7 +112,9 @@ def saelens(arch: str, *, autocast: bool = False, sparse: bool = False) -> Calla
         from sae_lens.training.sae_trainer import SAETrainer
 
         sae_class, cfg_class = get_sae_training_class(arch)
-        options = {"k": cfg.k} if arch in ("topk", "batchtopk") else {}
+        options = {"k": cfg.k} if arch in ("topk", "batchtopk", "matryoshka_batchtopk") else {}
+        if arch == "matryoshka_batchtopk":
+            options["matryoshka_widths"] = matryoshka_widths(cfg.d_sae)
         if sparse:
             # COO activations decoded with torch.sparse.mm. With the default
             # rescale_acts_by_decoder_norm=True its backward fails on CPU ("aten::view"
@@ -133,17 +135,38 @@ def saelens(arch: str, *, autocast: bool = False, sparse: bool = False) -> Calla
 # ---- EleutherAI sparsify -------------------------------------------------------------
 
 
-def sparsify_topk(optimizer: str = "adam") -> Callable[[BenchConfig], StepFn]:
+MATRYOSHKA_FRACTIONS = (1 / 15, 2 / 15, 4 / 15, 8 / 15)
+"""The nested groups every Matryoshka row uses (saekit's default): 1, 2, 4, 8 fifteenths."""
+
+
+def matryoshka_widths(d_sae: int) -> list[int]:
+    """The cumulative widths of MATRYOSHKA_FRACTIONS (SAELens's matryoshka_widths)."""
+    sizes = [round(f * d_sae) for f in MATRYOSHKA_FRACTIONS[:-1]]
+    return [sum(sizes[: i + 1]) for i in range(len(sizes))] + [d_sae]
+
+
+def transcoder_target(x: Tensor) -> Tensor:
+    """The target rows every transcoder row predicts from x: x reversed along d_in (a
+    different vector of the same width, as an MLP's output is; what it is changes no work)."""
+    return x.flip(-1)
+
+
+def sparsify_topk(optimizer: str = "adam", transcode: str | None = None) -> Callable[[BenchConfig], StepFn]:
     """sparsify's SparseCoder (fused encoder, embedding-bag decoder) with the per-step body
     of sparsify.Trainer.fit for loss_fn="fvu": renormalise W_dec, forward with the batch's
     total variance, FVU loss, backward, remove the gradient parallel to the decoder rows,
     optimiser and scheduler step, dead-feature counters. ``optimizer``: "adam" (with the
-    trainer's LR rule and linear warm-up) or "signum" (sparsify's default, schedule-free SignSGD)."""
+    trainer's LR rule and linear warm-up) or "signum" (sparsify's default, schedule-free SignSGD).
+    ``transcode``: "plain" (transcode=True) or "skip" (with skip_connection), predicting
+    transcoder_target(x) from x."""
 
     def build(cfg: BenchConfig) -> StepFn:
         from sparsify import SparseCoder, SparseCoderConfig
 
-        sae = SparseCoder(cfg.d_in, SparseCoderConfig(num_latents=cfg.d_sae, k=cfg.k), "cpu", dtype=torch.float32)
+        coder = SparseCoderConfig(
+            num_latents=cfg.d_sae, k=cfg.k, transcode=transcode is not None, skip_connection=transcode == "skip"
+        )
+        sae = SparseCoder(cfg.d_in, coder, "cpu", dtype=torch.float32)
         if optimizer == "adam":
             from transformers import get_linear_schedule_with_warmup
 
@@ -163,12 +186,13 @@ def sparsify_topk(optimizer: str = "adam") -> Callable[[BenchConfig], StepFn]:
         first = [True]
 
         def step(x: Tensor) -> object:
+            y = x if transcode is None else transcoder_target(x)
             if first[0]:  # the trainer centres b_dec on the first batch
-                sae.b_dec.data = x.mean(0)
+                sae.b_dec.data = y.mean(0)
                 first[0] = False
             sae.set_decoder_norm_to_unit_norm()
-            total_variance = (x - x.mean(0)).pow(2).sum()
-            out = sae(x=x, y=x, dead_mask=None, total_variance=total_variance)  # auxk_alpha defaults to 0
+            total_variance = (y - y.mean(0)).pow(2).sum()
+            out = sae(x=x, y=y, dead_mask=None, total_variance=total_variance)  # auxk_alpha defaults to 0
             did_fire[out.latent_indices.flatten()] = True
             float(out.fvu.detach())  # the trainer's running average, a sync per step
             loss = out.fvu + out.multi_topk_fvu / 8
@@ -198,6 +222,7 @@ _DICTIONARY_LEARNING_TRAINERS = {
     "jumprelu": "JumpReluTrainer",
     "topk": "TopKTrainer",
     "batchtopk": "BatchTopKTrainer",
+    "matryoshka_batchtopk": "MatryoshkaBatchTopKTrainer",
 }
 
 
@@ -207,12 +232,14 @@ def dictionary_learning(arch: str) -> Callable[[BenchConfig], StepFn]:
 
     def build(cfg: BenchConfig) -> StepFn:
         import dictionary_learning.trainers as trainers
+        import dictionary_learning.trainers.matryoshka_batch_top_k as matryoshka
         import dictionary_learning.trainers.standard as standard
 
-        trainer_class = getattr(trainers, _DICTIONARY_LEARNING_TRAINERS[arch], None) or getattr(
-            standard, _DICTIONARY_LEARNING_TRAINERS[arch]
-        )
-        options = {"k": cfg.k} if arch in ("topk", "batchtopk") else {}
+        name = _DICTIONARY_LEARNING_TRAINERS[arch]
+        trainer_class = next(getattr(m, name) for m in (trainers, standard, matryoshka) if hasattr(m, name))
+        options = {"k": cfg.k} if arch in ("topk", "batchtopk", "matryoshka_batchtopk") else {}
+        if arch == "matryoshka_batchtopk":
+            options["group_fractions"] = list(MATRYOSHKA_FRACTIONS)
         trainer = trainer_class(
             steps=10**6, activation_dim=cfg.d_in, dict_size=cfg.d_sae, layer=0, lm_name="bench",
             device="cpu", seed=cfg.seed, **options,
@@ -293,16 +320,11 @@ class Peer:
 _SAELENS = ("sae_lens", "sae_lens.training.sae_trainer")
 _SPARSIFY = ("sparsify", "transformers", "schedulefree")
 _DICTIONARY_LEARNING = ("dictionary_learning.trainers",)
+_SAELENS_ARCHS = ("standard", "gated", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk")
 
 PEERS: dict[str, Peer] = {
-    **{
-        f"saelens/{a}": Peer("sae-lens", _SAELENS, saelens(a))
-        for a in ("standard", "gated", "jumprelu", "topk", "batchtopk")
-    },
-    **{
-        f"saelens/{a}+bf16": Peer("sae-lens", _SAELENS, saelens(a, autocast=True), "bf16")
-        for a in ("standard", "gated", "jumprelu", "topk", "batchtopk")
-    },
+    **{f"saelens/{a}": Peer("sae-lens", _SAELENS, saelens(a)) for a in _SAELENS_ARCHS},
+    **{f"saelens/{a}+bf16": Peer("sae-lens", _SAELENS, saelens(a, autocast=True), "bf16") for a in _SAELENS_ARCHS},
     "saelens/topk+sparse": Peer(
         "sae-lens", _SAELENS, saelens("topk", sparse=True), note="rescale_acts_by_decoder_norm=False (needed on CPU)"
     ),
@@ -310,6 +332,8 @@ PEERS: dict[str, Peer] = {
     "sparsify/topk+signum": Peer(
         "eai-sparsify", _SPARSIFY, sparsify_topk("signum"), note="sparsify's default optimiser"
     ),
+    "sparsify/topk_transcoder": Peer("eai-sparsify", _SPARSIFY, sparsify_topk("adam", "plain")),
+    "sparsify/topk_skip_transcoder": Peer("eai-sparsify", _SPARSIFY, sparsify_topk("adam", "skip")),
     **{
         f"dictionary_learning/{a}": Peer("dictionary-learning", _DICTIONARY_LEARNING, dictionary_learning(a))
         for a in _DICTIONARY_LEARNING_TRAINERS

@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import command_line, markdown_table  # noqa: E402
 from peers import (  # noqa: E402
+    MATRYOSHKA_FRACTIONS,
     PEERS,
     BenchConfig,
     _least_disturbed,
@@ -43,9 +44,19 @@ from peers import (  # noqa: E402
     activations,
     firing_quantile,
     print_peak_and_header,
+    transcoder_target,
 )
 
-ARCHS = ("relu", "gated", "jumprelu", "topk", "batchtopk")
+ARCHS = (
+    "relu",
+    "gated",
+    "jumprelu",
+    "topk",
+    "batchtopk",
+    "matryoshka_batchtopk",
+    "topk_transcoder",
+    "topk_skip_transcoder",
+)
 PRECISIONS = ("bfloat16", "float32")
 
 # Which peer rows train the same thing as a saekit architecture.
@@ -55,6 +66,9 @@ PEER_ROWS = {
     "jumprelu": r"^(saelens/jumprelu|dictionary_learning/jumprelu)",
     "topk": r"^(saelens/topk|sparsify/topk|dictionary_learning/topk)",
     "batchtopk": r"^(saelens/batchtopk|dictionary_learning/batchtopk)",
+    "matryoshka_batchtopk": r"^(saelens/matryoshka_batchtopk|dictionary_learning/matryoshka_batchtopk)",
+    "topk_transcoder": r"^sparsify/topk_transcoder",
+    "topk_skip_transcoder": r"^sparsify/topk_skip_transcoder",
 }
 
 SAE_OPTIONS = {  # coefficients as the peers' defaults set them; they do not change the work done
@@ -63,7 +77,12 @@ SAE_OPTIONS = {  # coefficients as the peers' defaults set them; they do not cha
     "jumprelu": {"l0_coefficient": 1.0},
     "topk": {},
     "batchtopk": {},
+    "matryoshka_batchtopk": {"group_fractions": list(MATRYOSHKA_FRACTIONS)},
+    "topk_transcoder": {"transcoder": True},
+    "topk_skip_transcoder": {"transcoder": "skip"},
 }
+BASE_ARCH = {"topk_transcoder": "topk", "topk_skip_transcoder": "topk"}
+"""A row that is not an architecture's name: the architecture it trains."""
 
 
 def build_saekit(
@@ -75,18 +94,22 @@ def build_saekit(
     The trainer estimates the activation scale and b_dec from one batch (made here, then
     dropped) before the first step, as it does on real data."""
     import saekit
+    from saekit.data.pairs import Pair
+    from saekit.sae.registry import uses_k
     from saekit.training.trainer import Trainer
 
     options = dict(SAE_OPTIONS[arch])
-    if arch in ("topk", "batchtopk"):
+    arch = BASE_ARCH.get(arch, arch)
+    if uses_k(arch):
         options["k"] = cfg.k
     sae = saekit.create(arch, d_in=cfg.d_in, d_sae=cfg.d_sae, seed=cfg.seed, **options)
     if sparse_below is not None:
         sae.sparse_below = sparse_below
     sample = activations(dataclasses.replace(cfg, n_batches=1))
+    transcoder = bool(sae.cfg.transcoder)
     trainer = Trainer(
         sae,
-        sample,
+        (sample, transcoder_target(sample)) if transcoder else sample,
         steps=10**9,
         batch_size=cfg.batch,
         precision=precision,
@@ -100,6 +123,8 @@ def build_saekit(
         set_l0(sae, sample.to(device) * trainer.scale, cfg.l0)
     del sample
     gc.collect()
+    if transcoder:  # the pair is made in the step, as sparsify's row makes its target
+        return lambda x: trainer.step(Pair(x, transcoder_target(x)))
     return trainer.step
 
 

@@ -22,6 +22,7 @@ OPTIONS = {
     "jumprelu": {"l0_coefficient": 1.0},
     "topk": {"k": 4},
     "batchtopk": {"k": 4},
+    "matryoshka_batchtopk": {"k": 4, "group_sizes": [8, 12, 20]},
 }
 
 
@@ -58,6 +59,7 @@ def test_saelens_loads_what_saekit_saves(tmp_path, arch, feature_scale):
         "jumprelu": "JumpReLUSAE",
         "topk": "TopKSAE",
         "batchtopk": "JumpReLUSAE",
+        "matryoshka_batchtopk": "JumpReLUSAE",
     }[arch]
     assert type(theirs).__name__ == expected
     x = inputs()
@@ -90,6 +92,32 @@ def test_sparsity_file_is_saelens_log10_density(tmp_path):
 
     stored = load_file(str(tmp_path / "sae" / "sparsity.safetensors"))["sparsity"]
     torch.testing.assert_close(stored, torch.log10(frequency + 1e-10))
+
+
+SAEKIT_TRANSCODERS = {
+    ("relu", True): ("Transcoder", {"l1_coefficient": 1.0}),
+    ("relu", "skip"): ("SkipTranscoder", {"l1_coefficient": 1.0}),
+    ("jumprelu", True): ("JumpReLUTranscoder", {"l0_coefficient": 1.0}),
+    ("jumprelu", "skip"): ("JumpReLUSkipTranscoder", {"l0_coefficient": 1.0}),
+    ("batchtopk", "skip"): ("JumpReLUSkipTranscoder", {"k": 4}),
+    ("matryoshka_batchtopk", True): ("JumpReLUTranscoder", {"k": 4, "group_sizes": [10, 30]}),
+    ("matryoshka_batchtopk", "skip"): ("JumpReLUSkipTranscoder", {"k": 4, "group_sizes": [10, 30]}),
+}
+
+
+@pytest.mark.parametrize("arch,transcoder", list(SAEKIT_TRANSCODERS))
+def test_saelens_loads_saekit_transcoders(tmp_path, arch, transcoder):
+    expected, options = SAEKIT_TRANSCODERS[(arch, transcoder)]
+    sae = saekit.create(arch, d_in=D_IN, d_sae=D_SAE, d_out=7, transcoder=transcoder, **options)
+    sae = randomised(sae)
+    sae.cfg.hook, sae.cfg.hook_out, sae.cfg.model = "layers.1.mlp_in", "layers.1.mlp_out", "smollm2"
+    sae.save(tmp_path / "tc")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "tc"))
+    assert type(theirs).__name__ == expected
+    x = inputs()
+    close(theirs.encode(x), sae.encode(x), f"{arch} {transcoder} features")
+    close(theirs.decode(theirs.encode(x)) if transcoder is True else theirs(x), sae(x), f"{arch} {transcoder} outputs")
+    assert theirs.cfg.metadata.hook_name_out == "blocks.1.hook_mlp_out"
 
 
 # ---- SAELens → saekit ---------------------------------------------------------------------------
@@ -156,7 +184,9 @@ def test_saekit_loads_what_saelens_trains(tmp_path, kind, form):
         theirs.save_inference_model(str(tmp_path / "inference"))
         reference = sae_lens.SAE.load_from_disk(str(tmp_path / "inference"))
         close(ours(x), reference(x), f"{kind} ({form}) reconstructions")
-        assert ours.cfg.arch == "batchtopk" and ours.cfg.k == 4
+        assert ours.cfg.arch == kind and ours.cfg.k == 4
+        if kind == "matryoshka_batchtopk":  # it keeps training as SAELens trained it
+            assert ours.cfg.group_sizes == [10, 10, D_SAE - 20]
     assert ours.cfg.hook == "layers.2.mlp_out" and ours.cfg.model == "toy"
     assert ours.cfg.provenance["format"] == "saelens"
 

@@ -260,3 +260,98 @@ def test_embedding_bag_in_chunks_equals_one_call(layout, monkeypatch):
     torch.testing.assert_close(got, expected)
     for g_got, g_expected in zip(torch.autograd.grad(got.pow(2).sum(), (values, W)), grads):
         torch.testing.assert_close(g_got, g_expected)
+
+
+# ---- Matryoshka BatchTopK and transcoders ------------------------------------------------------------
+def reference_matryoshka(p, x, k, ends, weights):
+    """BatchTopK's selection; every prefix f[:, :e] W_dec[:e] + b_dec reconstructs x."""
+    z = torch.relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    keep = z.flatten().topk(k * x.shape[0]).indices
+    mask = torch.zeros(z.numel(), dtype=torch.bool)
+    mask[keep] = True
+    f = z * mask.view_as(z)
+    return sum(w * mse(x, f[:, :e] @ p["W_dec"][:e] + p["b_dec"]) for e, w in zip(ends, weights))
+
+
+@pytest.mark.parametrize(
+    "groups,weights",
+    [({"group_sizes": [4, 12, 24]}, None), ({"group_sizes": [10, 30]}, [0.8, 0.2]), ({}, None)],
+)
+def test_matryoshka_batchtopk(groups, weights):
+    sae = randomise(saekit.create("matryoshka_batchtopk", d_in=D_IN, d_sae=D_SAE, k=5, group_weights=weights, **groups))
+    ends = sae.group_ends
+    assert ends[-1] == D_SAE and len(ends) == (len(groups["group_sizes"]) if groups else 4)
+    w = weights or [1 / len(ends)] * len(ends)
+    check_gradients(sae, lambda p, x: reference_matryoshka(p, x, 5, ends, w), torch.randn(BATCH, D_IN))
+
+
+def test_matryoshka_with_one_group_is_batchtopk():
+    x = torch.randn(BATCH, D_IN)
+    one = randomise(saekit.create("matryoshka_batchtopk", d_in=D_IN, d_sae=D_SAE, k=5, group_sizes=[D_SAE]))
+    plain = randomise(saekit.create("batchtopk", d_in=D_IN, d_sae=D_SAE, k=5))
+    torch.testing.assert_close(one.loss(x).loss, plain.loss(x).loss)
+
+
+D_OUT = 7
+
+
+def transcoder_reference(p, x, y, k, skip):
+    """A TopK transcoder: z = x W_enc + b_enc (no b_dec subtracted), ŷ = f W_dec + b_dec (+ x W_skipᵀ)."""
+    z = x @ p["W_enc"] + p["b_enc"]
+    top = z.topk(k, dim=-1)
+    f = torch.zeros_like(z).scatter(-1, top.indices, torch.relu(top.values))
+    y_hat = f @ p["W_dec"] + p["b_dec"]
+    if skip:
+        y_hat = y_hat + x @ p["W_skip"].t()
+    return mse(y, y_hat)
+
+
+def check_pair_gradients(sae, reference_loss, x, y):
+    p = params(sae)
+    expected = reference_loss(p, x, y)
+    expected.backward()
+    sae.zero_grad()
+    actual = sae.loss(x, target=y).loss
+    actual.backward()
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    for name, param in sae.named_parameters():
+        torch.testing.assert_close(param.grad, p[name].grad, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("transcoder", [True, "skip"])
+def test_topk_transcoder(transcoder):
+    sae = randomise(saekit.create("topk", d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, k=5, transcoder=transcoder))
+    assert sae.W_dec.shape == (D_SAE, D_OUT) and (transcoder != "skip" or sae.W_skip.shape == (D_OUT, D_IN))
+    x, y = torch.randn(BATCH, D_IN), torch.randn(BATCH, D_OUT)
+    check_pair_gradients(sae, lambda p, x, y: transcoder_reference(p, x, y, 5, transcoder == "skip"), x, y)
+    torch.testing.assert_close(sae(x), sae.decode(sae.encode(x)) + (x @ sae.W_skip.t() if transcoder == "skip" else 0))
+
+
+def test_relu_skip_transcoder():
+    lam = 0.4
+    sae = randomise(saekit.create("relu", d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, l1_coefficient=lam, transcoder="skip"))
+    x, y = torch.randn(BATCH, D_IN), torch.randn(BATCH, D_OUT)
+
+    def reference(p, x, y):
+        f = torch.relu(x @ p["W_enc"] + p["b_enc"])
+        y_hat = f @ p["W_dec"] + p["b_dec"] + x @ p["W_skip"].t()
+        return mse(y, y_hat) + lam * f.abs().sum(-1).mean()
+
+    check_pair_gradients(sae, reference, x, y)
+
+
+def test_matryoshka_skip_transcoder():
+    sae = saekit.create(
+        "matryoshka_batchtopk", d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, k=5, group_sizes=[8, 32], transcoder="skip"
+    )
+    sae = randomise(sae)
+    x, y = torch.randn(BATCH, D_IN), torch.randn(BATCH, D_OUT)
+
+    def reference(p, x, y):
+        z = torch.relu(x @ p["W_enc"] + p["b_enc"])
+        keep = z.flatten().topk(5 * BATCH).indices
+        f = (z.flatten() * torch.zeros(z.numel()).index_fill(0, keep, 1.0)).view_as(z)
+        skip = x @ p["W_skip"].t()
+        return sum(0.5 * mse(y, f[:, :e] @ p["W_dec"][:e] + p["b_dec"] + skip) for e in (8, 40))
+
+    check_pair_gradients(sae, reference, x, y)

@@ -1,53 +1,83 @@
-"""Every architecture learns the true dictionary of toy data in superposition
-(n = 32 dimensions, 128 true directions, expected L0 = 4), relu shows shrinkage and the
-others do not, and target_l0 lands within 10% of its target."""
+"""Every architecture learns the true dictionary of toy data in superposition, on named
+settings of data/synthetic.py (TOY_SETTINGS): the easy one (32 dimensions, 128 features,
+L0 4) and harder ones (6× more features than dimensions with firing rates over two orders
+of magnitude; correlated features), with a dictionary 2× the true one and k or target L0
+1.5× the true L0; hierarchical data (parents and children) measures absorption. relu shows shrinkage
+and the others do not; the L0 lands within 10% of what was asked; Matryoshka BatchTopK
+absorbs children into their parents less than BatchTopK does.
+
+The numbers: ``.venv/bin/python benchmarks/toy_recovery.py`` prints them all as a table
+(the same function, saekit.evaluation.toy.toy_recovery, runs here)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import saekit
-from saekit.data.synthetic import make_toy, recovery
-
-TARGET_L0 = 4
-
-
-@pytest.fixture(scope="module")
-def toy():
-    torch.set_num_threads(1)
-    dictionary = make_toy(32, 128, expected_l0=TARGET_L0, seed=0, offset_norm=1.0)
-    return dictionary, dictionary.sample(40_000, seed=1), dictionary.sample(20_000, seed=2)
+from saekit.data.synthetic import TOY_SETTINGS
+from saekit.evaluation.toy import toy_recovery
+from saekit.sae.registry import ARCHITECTURES
 
 
-CASES = {
-    "relu": {"target_l0": TARGET_L0},
-    "gated": {"target_l0": TARGET_L0},
-    "jumprelu": {"target_l0": TARGET_L0},
-    "topk": {"k": TARGET_L0},
-    "batchtopk": {"k": TARGET_L0},
+@pytest.fixture(autouse=True, scope="module")
+def threads():
+    torch.set_num_threads(2)
+
+
+RESULTS: dict[tuple[str, str, int], dict] = {}
+
+
+def measured(setting: str, arch: str, seed: int = 0) -> dict:
+    key = (setting, arch, seed)
+    if key not in RESULTS:
+        RESULTS[key] = toy_recovery(setting, arch, seed)
+        print({k: round(v, 3) if isinstance(v, float) else v for k, v in RESULTS[key].items()})
+    return RESULTS[key]
+
+
+RECOVERY_SETTINGS = ("easy", "superposition", "correlated")
+"""Where every architecture must find ≥ 95% of the true directions (hierarchy is for
+absorption: a child absorbed into its parent's latent is not found, by design of the data)."""
+
+SHORT_OF_IT = {
+    ("superposition", "gated"): "91% of the true directions (measured)",
+    ("superposition", "jumprelu"): "FVU 0.76 with 83% of the latents dead (measured)",
+    ("correlated", "jumprelu"): "94.5% recovered, FVU 0.75, 69% dead (measured)",
 }
-RESULTS: dict[str, dict] = {}
+"""Known shortfalls, not yet fixed (issue: the dictionaries researchers train today); each
+fails as measured, and passing would say the fix landed (strict)."""
+
+
+def cases():
+    for setting in RECOVERY_SETTINGS:
+        for arch in ARCHITECTURES:
+            reason = SHORT_OF_IT.get((setting, arch))
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            yield pytest.param(setting, arch, marks=marks, id=f"{setting}-{arch}")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", list(CASES))
-def test_recovers_true_directions(toy, arch):
-    dictionary, train_x, eval_x = toy
-    sae = saekit.create(arch, d_in=32, d_sae=256, seed=0, **CASES[arch])
-    saekit.train(sae, train_x, steps=1500, batch_size=1024, lr=3e-3, precision="float32", progress=False)
-    metrics = saekit.evaluate(sae, eval_x)
-    found = recovery(sae.W_dec, dictionary.directions)
-    RESULTS[arch] = {
-        **found,
-        "l0": metrics["l0"],
-        "gamma": metrics["relative_reconstruction_bias"],
-        "fvu": metrics["fvu"],
+@pytest.mark.parametrize("setting,arch", list(cases()))
+def test_recovers_true_directions(setting, arch):
+    row = measured(setting, arch)
+    assert row["fraction_recovered"] >= 0.95, row
+    assert row["fvu"] < 0.5, row  # and uses them: TopK's FVU is 0.10-0.19 on these
+    assert row["l0"] == pytest.approx(TOY_SETTINGS[setting].sparsity, rel=0.10), row
+    if setting == "easy":
+        if arch == "relu":
+            assert row["gamma"] < 0.95, row  # L1 shrinkage, clearly apart from the others' 1 ± 0.03
+        else:
+            assert row["gamma"] == pytest.approx(1.0, abs=0.03), row
+
+
+@pytest.mark.slow
+def test_matryoshka_absorbs_less_than_batchtopk_at_the_same_l0():
+    seeds = (0, 1, 2)
+    rows = {
+        arch: [measured("hierarchy", arch, seed) for seed in seeds] for arch in ("batchtopk", "matryoshka_batchtopk")
     }
-    print(arch, RESULTS[arch])
-    assert found["fraction_recovered"] >= 0.95
-    assert metrics["l0"] == pytest.approx(TARGET_L0, rel=0.10)
-    if arch == "relu":
-        assert metrics["relative_reconstruction_bias"] < 0.9  # L1 shrinkage, clearly
-    else:
-        assert metrics["relative_reconstruction_bias"] == pytest.approx(1.0, abs=0.03)
+    mean = {arch: sum(r["absorption"] for r in rs) / len(rs) for arch, rs in rows.items()}
+    print("absorption over seeds", seeds, {a: [round(r["absorption"], 3) for r in rs] for a, rs in rows.items()})
+    for rs in rows.values():  # the same L0 (k = 6 both) and both found the parents
+        assert all(r["l0"] == pytest.approx(6, rel=0.10) and r["parent_cosine"] > 0.9 for r in rs), rs
+    assert mean["matryoshka_batchtopk"] < mean["batchtopk"], mean

@@ -92,6 +92,14 @@ class DistContext:
         self._collective("firing statistics", dist.all_reduce, as_int, op=dist.ReduceOp.MAX)
         return as_int.bool()
 
+    def gather_rows(self, tensor: Tensor) -> Tensor:
+        """Every rank's rows of ``tensor`` (the same shape on each), concatenated in rank order."""
+        if not self.enabled:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        self._collective("gather", dist.all_gather, parts, tensor.contiguous())
+        return torch.cat(parts)
+
     def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
         """Overwrite ``tensor`` on every rank with rank ``src``'s."""
         if self.enabled:

@@ -128,18 +128,22 @@ def cmd_config(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .._runtime.distributed import init_distributed_from_env, shutdown
     from .._runtime.folder import OutputFolder
-    from ..data.store import open_store
+    from ..data.source import hooks_of, open_data
     from ..training.config import TrainConfig
     from .config import SAESection
     from .recipes import OUTPUTS, identity, train_sae
 
     ctx = init_distributed_from_env()
     try:
-        store = open_store(args.activations, verify=not args.no_verify)
+        store = open_data(args.activations, verify=not args.no_verify)
         section = SAESection(**collected(args, SAESection))
         train_cfg = TrainConfig(**collected(args, TrainConfig))
-        section.check(store.d_in)
-        hook, model = store.hook, store.manifest.get("model")
+        hook, hook_out = hooks_of(store)
+        if hook_out is not None and not section.transcoder:
+            section = dataclasses.replace(section, transcoder=True)  # paired data: a transcoder
+        d_out = getattr(store, "d_out", None)
+        section.check(store.d_in, d_out=d_out)
+        model = store.manifest.get("model") if hasattr(store, "manifest") else store.inputs.manifest.get("model")
         folder, error = None, None
         if ctx.is_main:
             try:
@@ -148,7 +152,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                     kind="sae-training",
                     owns=OUTPUTS,
                     overwrite=args.overwrite,
-                    identity=identity(section, train_cfg, store.fingerprint(), hook=hook, model=model),
+                    identity=identity(
+                        section, train_cfg, store.fingerprint(), hook=hook, model=model, hook_out=hook_out
+                    ),
                 )
                 folder.open()
             except SaekitError as caught:
@@ -159,7 +165,18 @@ def cmd_train(args: argparse.Namespace) -> None:
                 if ctx.is_main:
                     print(f"{args.out}: done already, with these settings; the SAE is {Path(args.out) / 'sae'}")
                 return
-            sae = train_sae(Path(args.out), folder, section, train_cfg, store, d_in=store.d_in, hook=hook, model=model)
+            sae = train_sae(
+                Path(args.out),
+                folder,
+                section,
+                train_cfg,
+                store,
+                d_in=store.d_in,
+                hook=hook,
+                model=model,
+                hook_out=hook_out,
+                d_out=d_out,
+            )
         if ctx.is_main:
             provenance = sae.cfg.provenance
             print(f"saved {Path(args.out) / 'sae'}  ({provenance.get('tokens', 0):,} tokens)")
@@ -173,11 +190,14 @@ def cmd_harvest(args: argparse.Namespace) -> None:
     from ..data.distributed_harvest import harvest_distributed
     from ..data.model import load_model, parse_hook
 
-    for hook in args.hook:
-        try:
-            parse_hook(hook)
-        except ValueError as error:
-            raise ConfigValueError(f"--hook: {error}") from None
+    for flag, hooks in (("--hook", args.hook), ("--hook-out", [args.hook_out] if args.hook_out else [])):
+        for hook in hooks:
+            try:
+                parse_hook(hook)
+            except ValueError as error:
+                raise ConfigValueError(f"{flag}: {error}") from None
+    if args.hook_out is not None and len(args.hook) != 1:
+        raise ConfigValueError("--hook-out pairs one target with one input: give a single --hook.")
     ctx = init_distributed_from_env()  # under torchrun each rank runs its share of the shards
     try:
         corpus_path = default_corpus_path() if args.corpus == "default" else Path(args.corpus)
@@ -185,7 +205,7 @@ def cmd_harvest(args: argparse.Namespace) -> None:
         loaded = load_model(args.model, dtype=args.model_dtype, device=args.device)
         max_contexts = None if args.tokens is None else args.tokens // (args.context_size - 1) + 2
         corpus = tokenize(documents, loaded.tokenizer, args.context_size, max_contexts=max_contexts)
-        hooks = args.hook[0] if len(args.hook) == 1 else args.hook
+        hooks = [args.hook[0], args.hook_out] if args.hook_out else args.hook[0] if len(args.hook) == 1 else args.hook
         stores = harvest_distributed(
             loaded,
             corpus,
@@ -198,6 +218,10 @@ def cmd_harvest(args: argparse.Namespace) -> None:
             progress=ctx.is_main,
         )
         if ctx.is_main:
+            if args.hook_out:  # a transcoder's pairs: the two stores, and which is which
+                from ..data.pairs import write_pairs_file
+
+                write_pairs_file(Path(args.out), *stores)
             for store in stores.values():
                 print(f"{store.path}: {store.n_tokens:,} tokens x d_in={store.d_in} ({store.manifest['dtype']})")
     finally:
@@ -553,6 +577,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--hook", nargs="+", default=["layers.15.resid_post"], help="hook point(s), e.g. layers.15.resid_post"
+    )
+    p.add_argument(
+        "--hook-out",
+        help="a transcoder's target hook point (e.g. layers.9.mlp_out for --hook "
+        "layers.9.mlp_in): both are stored, aligned, for saekit train --transcoder",
     )
     p.add_argument(
         "--corpus", default="default", help="text folder/file, .jsonl, .parquet, datasets folder; default: Shakespeare"

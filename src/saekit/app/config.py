@@ -42,7 +42,10 @@ class ModelSection:
     (embedded), a .gguf file, a local Hugging Face folder, or a Hub id (needs the network)."""
     hook: str = "layers.15.resid_post"
     """Where in the model to read activations: layers.{L}.resid_pre, resid_post, attn_out,
-    mlp_out, or final_norm."""
+    mlp_in, mlp_out, or final_norm."""
+    hook_out: str | None = None
+    """A transcoder's target: the hook point it predicts from ``hook`` (layers.9.mlp_in →
+    layers.9.mlp_out, say). With it the run harvests both and trains a transcoder."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """dtype the model runs in; auto: bfloat16 on GPUs and on CPUs with native bf16."""
     device: DeviceOrAuto = "auto"
@@ -52,10 +55,20 @@ class ModelSection:
         validate_fields(self)
         from ..data.model import parse_hook
 
-        try:
-            parse_hook(self.hook)
-        except ValueError as error:
-            raise ConfigValueError(f"hook: {error}", field="hook", value=self.hook) from None
+        for name in ("hook", "hook_out"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                parse_hook(value)
+            except ValueError as error:
+                raise ConfigValueError(f"{name}: {error}", field=name, value=value) from None
+        if self.hook_out is not None and str(parse_hook(self.hook_out)) == str(parse_hook(self.hook)):
+            raise ConfigValueError(
+                "hook_out is hook itself; a transcoder predicts another hook point.",
+                field="hook_out",
+                value=self.hook_out,
+            )
 
 
 @dataclass
@@ -104,7 +117,7 @@ class HarvestSection:
 @dataclass
 class SAESection:
     arch: str = "topk"
-    """Architecture: relu, gated, jumprelu, topk or batchtopk (saekit.ARCHITECTURES)."""
+    """Architecture: relu, gated, jumprelu, topk, batchtopk or matryoshka_batchtopk (saekit.ARCHITECTURES)."""
     expansion: PositiveInt = 8
     """d_sae = expansion × d_in, unless d_sae is given."""
     d_sae: PositiveInt | None = None
@@ -120,6 +133,10 @@ class SAESection:
     """jumprelu: L0 coefficient (instead of target_l0)."""
     fit_scale: bool = False
     """Fit the per-feature scale vector s after training (the feature-suppression fix)."""
+    transcoder: bool | Literal["skip"] = False
+    """true: a transcoder from model.hook to model.hook_out (or to the target of a paired
+    store); "skip": a skip transcoder, with a linear term x W_skipᵀ. model.hook_out alone
+    makes a run's SAE a transcoder."""
     load: str | None = None
     """An existing SAE to evaluate and explain instead of training one: a saekit or SAELens
     folder, a sparsify or dictionary_learning checkpoint, a Gemma Scope folder,
@@ -133,7 +150,7 @@ class SAESection:
         validate_fields(self)
         registry.architecture(self.arch)  # a known name, or an error listing them
         known = {f.name for f in dataclasses.fields(SAEConfig)} - {"arch", "d_in", "d_sae"}
-        reserved = {"k", "target_l0", "l1_coefficient", "l0_coefficient"}
+        reserved = {"k", "target_l0", "l1_coefficient", "l0_coefficient", "transcoder"}
         unknown = sorted(set(self.options) - known)
         if unknown:
             raise ConfigValueError(
@@ -158,6 +175,8 @@ class SAESection:
         architectures; a penalised architecture given neither a coefficient nor target_l0
         trains to L0 = k."""
         options: dict[str, Any] = dict(self.options)
+        if self.transcoder:
+            options["transcoder"] = self.transcoder
         if registry.uses_k(self.arch):
             options["k"] = self.k
             return options
@@ -171,10 +190,11 @@ class SAESection:
             options["target_l0"] = float(self.k or 32)  # one sparsity knob for every architecture
         return options
 
-    def check(self, d_in: int) -> SAEConfig:
+    def check(self, d_in: int, *, d_out: int | None = None) -> SAEConfig:
         """The SAE's config for a model of width ``d_in``, validated before any work starts."""
+        extra = {"d_out": d_out} if d_out is not None and d_out != d_in else {}
         cfg = SAEConfig.from_dict(
-            {"arch": self.arch, "d_in": d_in, "d_sae": self.width(d_in), **self.sae_options()}, source="sae"
+            {"arch": self.arch, "d_in": d_in, "d_sae": self.width(d_in), **self.sae_options(), **extra}, source="sae"
         )
         registry.check(cfg)
         return cfg
@@ -235,6 +255,16 @@ class RunConfig:
     """Feature statistics and the dashboard."""
     logging: LoggingSection = field(default_factory=LoggingSection)
     """Where training metrics go besides RUN/train/train_log.jsonl."""
+
+    def __post_init__(self) -> None:
+        if self.model.hook_out is not None and not self.sae.transcoder:
+            self.sae.transcoder = True  # a target hook point makes the SAE a transcoder
+        if self.sae.transcoder and self.model.hook_out is None and self.sae.load is None:
+            raise ConfigValueError(
+                "[sae] transcoder needs a target: set model.hook_out (e.g. layers.9.mlp_out).",
+                field="sae.transcoder",
+                value=self.sae.transcoder,
+            )
 
     # ---- reading ------------------------------------------------------------------------
     @classmethod

@@ -113,13 +113,15 @@ class Run:
 
     def harvest(self) -> None:
         from ..data.harvest import harvest
+        from ..data.pairs import write_pairs_file
 
         train_corpus, _ = self.splits
-        h = self.config.harvest
-        harvest(
+        h, m = self.config.harvest, self.config.model
+        hooks: str | list[str] = m.hook if m.hook_out is None else [m.hook, m.hook_out]
+        stores = harvest(
             self.model,
             train_corpus,
-            self.config.model.hook,
+            hooks,
             self._output("store"),
             max_tokens=h.tokens,
             dtype=h.dtype,
@@ -127,14 +129,17 @@ class Run:
             shard_tokens=h.shard_tokens,
             progress=True,
         )
+        if m.hook_out is not None:  # a transcoder's pairs: two stores of aligned rows, and what they are
+            input_hook, target_hook = list(stores)
+            write_pairs_file(self.store_path, input_hook, target_hook)
 
     def train(self) -> None:
         if self.config.sae.load:
             return self.import_sae()
-        from ..data.store import open_store
+        from ..data.source import open_data
         from .recipes import train_sae
 
-        store = open_store(self.store_path, verify=self.verify)
+        store = open_data(self.store_path, verify=self.verify)
         m = self.config.model
         if self.output_folder is None:
             raise FolderError(f"{self.folder} must be opened for writing before training.")
@@ -147,6 +152,8 @@ class Run:
             d_in=store.d_in,
             hook=m.hook,
             model=m.name,
+            hook_out=m.hook_out,
+            d_out=getattr(store, "d_out", None),
             loggers=self._loggers(),
         )
 

@@ -27,23 +27,42 @@ OUTPUTS = ("train", "sae")
 """What the recipe writes into its folder."""
 
 
-def build_sae(section: SAESection, d_in: int, *, seed: int, hook: str | None, model: str | None) -> SparseAutoencoder:
-    """An untrained SAE for activations of width ``d_in``; ``seed`` sets its initial weights."""
-    sae = create(section.arch, d_in=d_in, d_sae=section.width(d_in), seed=seed, **section.sae_options())
-    sae.cfg.hook, sae.cfg.model = hook, model
+def build_sae(
+    section: SAESection,
+    d_in: int,
+    *,
+    seed: int,
+    hook: str | None,
+    model: str | None,
+    hook_out: str | None = None,
+    d_out: int | None = None,
+) -> SparseAutoencoder:
+    """An untrained SAE for activations of width ``d_in`` (a transcoder: predicting width
+    ``d_out`` at ``hook_out``); ``seed`` sets its initial weights."""
+    options = section.sae_options()
+    if d_out is not None and d_out != d_in:
+        options["d_out"] = d_out
+    sae = create(section.arch, d_in=d_in, d_sae=section.width(d_in), seed=seed, **options)
+    sae.cfg.hook, sae.cfg.hook_out, sae.cfg.model = hook, hook_out, model
     return sae
 
 
 def identity(
-    section: SAESection, train_cfg: TrainConfig, data_fingerprint: str | None, *, hook: str | None, model: str | None
+    section: SAESection,
+    train_cfg: TrainConfig,
+    data_fingerprint: str | None,
+    *,
+    hook: str | None,
+    model: str | None,
+    hook_out: str | None = None,
 ) -> dict:
     """What an SAE made by this recipe depends on, for the folder it is made in."""
+    where = {"hook": hook, "model": model} | ({"hook_out": hook_out} if hook_out else {})
     return {
         "sae": vars(section) | {"options": dict(section.options)},
         "train": train_cfg.identity(),
         "data": data_fingerprint,
-        "hook": hook,
-        "model": model,
+        **where,
     }
 
 
@@ -57,6 +76,8 @@ def train_sae(
     d_in: int,
     hook: str | None,
     model: str | None,
+    hook_out: str | None = None,
+    d_out: int | None = None,
     loggers: Sequence[Callable[[dict[str, float]], None]] = (),
     ctx: DistContext | None = None,
 ) -> SparseAutoencoder:
@@ -66,7 +87,7 @@ def train_sae(
     ctx = ctx if ctx is not None else DistContext.current()
     if folder is not None and folder.has("sae"):
         return load_sae(path / "sae")
-    sae = build_sae(section, d_in, seed=train_cfg.seed, hook=hook, model=model)
+    sae = build_sae(section, d_in, seed=train_cfg.seed, hook=hook, model=model, hook_out=hook_out, d_out=d_out)
     if folder is not None:
         folder.output("train")
     result = train(sae, data, out=path / "train", loggers=loggers, ctx=ctx, **vars(train_cfg))

@@ -474,26 +474,60 @@ def splice(loaded: LoadedModel, hook: str, fn: Callable[[Tensor], Tensor]) -> It
         with splice(loaded, "layers.15.resid_post", lambda x: sae(x.float())):
             logits = loaded.model(input_ids).logits
     """
-    module, is_input = _site(loaded, resolve_hook(loaded, hook))
+    with splice_from(loaded, hook, hook, lambda read, act: fn(act)):
+        yield
+
+
+@contextmanager
+def splice_from(loaded: LoadedModel, read: str, write: str, fn: Callable[[Tensor, Tensor], Tensor]) -> Iterator[None]:
+    """Within the block, every forward replaces the activation at hook ``write`` with
+    ``fn(read_act, write_act)``, where ``read_act`` is the same forward's activation at
+    hook ``read`` (which the model reaches first): a transcoder reading an MLP's input
+    in place of its output. With read == write it is ``splice``."""
+    read_point, write_point = resolve_hook(loaded, read), resolve_hook(loaded, write)
+    recorded: dict[str, Tensor] = {}
+    handles = []
+    if read_point != write_point:
+        module, is_input = _site(loaded, read_point)
+
+        def record_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            recorded["act"] = args[0] if args else kwargs["hidden_states"]
+
+        def record_output(module: nn.Module, args: tuple, output: Any) -> None:
+            recorded["act"] = _first(output)
+
+        handles.append(
+            module.register_forward_pre_hook(record_input, with_kwargs=True)
+            if is_input
+            else module.register_forward_hook(record_output)
+        )
+
+    def new_value(act: Tensor) -> Tensor:
+        source = act if read_point == write_point else recorded.pop("act", None)
+        if source is None:
+            raise RuntimeError(f"the forward reached {write} before {read}; a splice reads an earlier hook point.")
+        return fn(source, act).to(act.dtype)
+
+    module, is_input = _site(loaded, write_point)
     if is_input:
 
         def replace_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             if args:
-                return (fn(args[0]).to(args[0].dtype), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"]).to(kwargs["hidden_states"].dtype)}
+                return (new_value(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": new_value(kwargs["hidden_states"])}
 
-        handle = module.register_forward_pre_hook(replace_input, with_kwargs=True)
+        handles.append(module.register_forward_pre_hook(replace_input, with_kwargs=True))
     else:
 
         def replace_output(module: nn.Module, args: tuple, output: Any) -> Any:
-            act = _first(output)
-            return _with_first(output, fn(act).to(act.dtype))
+            return _with_first(output, new_value(_first(output)))
 
-        handle = module.register_forward_hook(replace_output)
+        handles.append(module.register_forward_hook(replace_output))
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def unembed(loaded: LoadedModel) -> tuple[nn.Module, Tensor]:

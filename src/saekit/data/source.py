@@ -23,9 +23,10 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .._runtime.checksums import sha256_bytes
 from .._runtime.errors import UsageError
+from .pairs import Pair, PairedSource, is_paired_folder, open_pairs, tensor_fingerprint
 from .shuffle import rank_slice
+from .store import open_store
 
 
 @runtime_checkable
@@ -72,10 +73,7 @@ class TensorSource:
             yield self.activations[begin : begin + batch_size].float()
 
     def fingerprint(self) -> str:
-        """The tensor's shape and dtype with a hash of 4,096 of its rows, evenly spaced (the
-        whole tensor could be gigabytes)."""
-        rows = self.activations[:: max(1, self.activations.shape[0] // 4096)].detach().float().cpu().contiguous()
-        return f"tensor{list(self.activations.shape)}:{self.activations.dtype}:" + sha256_bytes(rows.numpy().tobytes())
+        return tensor_fingerprint(self.activations)
 
     def first_nonfinite(self) -> str | None:
         bad = ~torch.isfinite(self.activations)
@@ -99,7 +97,7 @@ class IterableSource:
             if first is None:
                 raise UsageError("the data iterable is empty: it yielded no batch.")
             self._peeked.append(first)
-            d_in = first.shape[-1]
+            d_in = (first.x if isinstance(first, Pair) else first).shape[-1]
         self.d_in = d_in
 
     def _rows(self) -> Iterator[Tensor]:
@@ -141,27 +139,48 @@ class IterableSource:
         else:
             chunks = iter(self.iterable)
         for chunk in chunks:
-            yield chunk.reshape(-1, chunk.shape[-1]).float()
+            if isinstance(chunk, Pair):
+                yield Pair(
+                    chunk.x.reshape(-1, chunk.x.shape[-1]).float(), chunk.y.reshape(-1, chunk.y.shape[-1]).float()
+                )
+            else:
+                yield chunk.reshape(-1, chunk.shape[-1]).float()
 
 
 def as_source(data) -> BatchSource:
     """Turn what a user passes as training data into a batch source: a [N, d_in] tensor,
-    an activation store (or the path of one), a live model stream, or any iterable of
-    [*, d_in] tensors."""
+    an activation store (or the path of one), a pair (inputs, targets) of tensors or stores
+    for a transcoder (or the path of a paired harvest), a live model stream, or any
+    iterable of [*, d_in] tensors."""
     if isinstance(data, Tensor):
         return TensorSource(data)
+    if isinstance(data, tuple) and len(data) == 2:  # (inputs, targets): a transcoder's pairs
+        inputs, targets = (open_store(d) if isinstance(d, (str, Path)) else d for d in data)
+        return PairedSource(inputs, targets)
     if isinstance(data, (str, Path)):
-        from .store import open_store
-
-        return open_store(data)
+        return open_pairs(data) if is_paired_folder(data) else open_store(data)
     if isinstance(data, BatchSource):
         return data
     if isinstance(data, Iterable):
         return IterableSource(data)
     raise UsageError(
         f"cannot train on a {type(data).__name__}: pass a [tokens, d_in] tensor, an activation store "
-        "(saekit.open_store(path) or its path), a live activation stream, or an iterable of [batch, d_in] tensors."
+        "(saekit.open_store(path) or its path), a pair (inputs, targets), a live activation stream, or an "
+        "iterable of [batch, d_in] tensors."
     )
+
+
+def open_data(path: str | Path, *, verify: bool = True):
+    """The training data saved at ``path``: an activation store, or the paired stores of a
+    harvest with --hook-out (a transcoder's inputs and targets)."""
+    return open_pairs(path, verify=verify) if is_paired_folder(path) else open_store(path, verify=verify)
+
+
+def hooks_of(source) -> tuple[str | None, str | None]:
+    """(the hook point the data was read at, the target's for paired data)."""
+    if isinstance(source, PairedSource):
+        return source.hook, source.hook_out
+    return getattr(source, "hook", None), None
 
 
 def fingerprint_of(source) -> str | None:
@@ -176,8 +195,9 @@ def describe_nonfinite(source) -> str | None:
     return locate() if callable(locate) else None
 
 
-def iterate_once(data, batch_size: int, max_tokens: int | None = None) -> Iterator[Tensor]:
-    """Walk a finite source in order, once, up to max_tokens rows: [≤ batch_size, d_in] batches."""
+def iterate_once(data, batch_size: int, max_tokens: int | None = None) -> Iterator[Tensor | Pair]:
+    """Walk a finite source in order, once, up to max_tokens rows: [≤ batch_size, d_in]
+    batches (Pairs, for paired data)."""
     source = as_source(data)
     if hasattr(source, "iterate_once"):
         chunks = source.iterate_once(batch_size)
@@ -191,11 +211,14 @@ def iterate_once(data, batch_size: int, max_tokens: int | None = None) -> Iterat
         chunks = source.batches(batch_size, seed=0)
     seen = 0
     for chunk in chunks:
-        if max_tokens is not None and seen + chunk.shape[0] > max_tokens:
-            chunk = chunk[: max_tokens - seen]
-        if chunk.shape[0] == 0:
+        rows = chunk.x.shape[0] if isinstance(chunk, Pair) else chunk.shape[0]
+        if max_tokens is not None and seen + rows > max_tokens:
+            keep = max_tokens - seen
+            chunk = Pair(chunk.x[:keep], chunk.y[:keep]) if isinstance(chunk, Pair) else chunk[:keep]
+            rows = keep
+        if rows == 0:
             return
         yield chunk
-        seen += chunk.shape[0]
+        seen += rows
         if max_tokens is not None and seen >= max_tokens:
             return

@@ -326,6 +326,17 @@ class ActivationStore:
             )
 
     # -- batch source
+    def chunk_reader(self, chunk_rows: int | None = None):
+        """(read_chunk(c) -> rows [n_c, d_in] in the stored dtype, [n_c for every chunk c])."""
+        chunks = self.chunks(chunk_rows)
+
+        def read_chunk(c: int) -> Tensor:
+            shard, begin, end = chunks[c]
+            base = int(self._offsets[shard])
+            return self.activations[base + begin : base + end]
+
+        return read_chunk, [end - begin for _, begin, end in chunks]
+
     def chunks(self, chunk_rows: int | None = None) -> list[tuple[int, int, int]]:
         """The store cut into chunks of contiguous rows within shards: [(shard, begin, end)]."""
         if chunk_rows is None:
@@ -343,17 +354,11 @@ class ActivationStore:
         chunk_rows: int | None = None,
         window_chunks: int = DEFAULT_WINDOW_CHUNKS,
     ) -> Iterator[Tensor]:
-        """Endless shuffled float32 batches [batch_size // world_size, d_in] (see data/buffer.py)."""
-        chunks = self.chunks(chunk_rows)
-
-        def read_chunk(c: int) -> Tensor:
-            shard, begin, end = chunks[c]
-            base = int(self._offsets[shard])
-            return self.activations[base + begin : base + end]
-
+        """Endless shuffled float32 batches [batch_size // world_size, d_in] (see data/shuffle.py)."""
+        read_chunk, sizes = self.chunk_reader(chunk_rows)
         return shuffled_batches(
             read_chunk,
-            [end - begin for _, begin, end in chunks],
+            sizes,
             batch_size,
             seed=seed,
             start=start,

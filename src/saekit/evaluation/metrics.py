@@ -1,6 +1,7 @@
 """Metrics of an SAE on activations alone (no model needed).
 
-With x the activations, x̂ = SAE(x), f = encode(x), over N tokens:
+With x the activations, x̂ = SAE(x), f = encode(x), over N tokens (for a transcoder, x
+below is its target y and x̂ its prediction ŷ from its input):
 
     L0   = (1/N) Σ_t |{i : f_ti > 0}|           L1 = (1/N) Σ_t Σ_i |f_ti|
     MSE  = (1/(N·d)) Σ_t ‖x_t − x̂_t‖²
@@ -20,6 +21,8 @@ from typing import Any
 
 import torch
 
+from .._runtime.errors import UsageError
+from ..data.pairs import as_pair
 from ..data.source import iterate_once
 from ..sae.base import SparseAutoencoder
 
@@ -41,17 +44,22 @@ def evaluate(
     device = torch.device(device) if device else sae.W_dec.device
     was_training = sae.training
     sae.eval()
-    d_in = sae.d_in
-    # n, l0, l1, sq_err, Σ‖x‖², ‖x̂‖², ⟨x,x̂⟩, Σcos, Σ‖x‖, Σ‖x̂‖, Σ‖x̂‖/‖x‖, Σ legacy EV
+    d_in, d_out = sae.d_in, sae.d_out
+    # n, l0, l1, sq_err, Σ‖y‖², ‖ŷ‖², ⟨y,ŷ⟩, Σcos, Σ‖y‖, Σ‖ŷ‖, Σ‖ŷ‖/‖y‖, Σ legacy EV
     acc = torch.zeros(12, dtype=torch.float64, device=device)
-    sum_x = torch.zeros(d_in, dtype=torch.float64, device=device)
+    sum_x = torch.zeros(d_out, dtype=torch.float64, device=device)
     fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=device)
-    for x in iterate_once(data, batch_size, max_tokens):
-        if x.shape[-1] != d_in:
-            raise ValueError(f"the data has d_in={x.shape[-1]} but the SAE reads d_in={d_in}.")
-        x = x.to(device).float()
-        f = sae.encode(x).float()
-        x_hat = sae.predict(x, sae.decode(f)).float()
+    for batch in iterate_once(data, batch_size, max_tokens):
+        pair = as_pair(batch)
+        if pair.x.shape[-1] != d_in or pair.y.shape[-1] != d_out:
+            raise UsageError(
+                f"the data has width {pair.x.shape[-1]} (target {pair.y.shape[-1]}) but the SAE reads "
+                f"d_in={d_in} (and predicts d_out={d_out})."
+            )
+        inputs = pair.x.to(device).float()
+        x = inputs if pair.same else pair.y.to(device).float()  # what is reconstructed or predicted
+        f = sae.encode(inputs).float()
+        x_hat = sae.predict(inputs, sae.decode(f)).float()
         active = f > 0
         norm_in, norm_out = x.norm(dim=-1), x_hat.norm(dim=-1)
         squared_error = (x - x_hat).pow(2).sum(-1)
@@ -86,7 +94,7 @@ def evaluate(
         "n_tokens": int(n),
         "l0": float(acc[1]) / n,
         "l1": float(acc[2]) / n,
-        "mse": float(acc[3]) / (n * d_in),
+        "mse": float(acc[3]) / (n * d_out),
         "fvu": fvu,
         "explained_variance": 1 - fvu,
         "cosine_similarity": float(acc[7]) / n,

@@ -1,7 +1,8 @@
 """Evaluate an SAE inside the model: splice its reconstruction in and measure the loss.
 
 On held-out token contexts, the next-token cross-entropy (nats per prediction) is taken
-four times, the activation at the SAE's hook point being
+four times, the activation at the SAE's hook point (a transcoder's target hook point, an
+MLP's output say, replaced by its prediction from its input hook point) being
 
     clean     left as it is                        CE_clean
     SAE       replaced by x̂ = SAE(x)               CE_SAE
@@ -43,8 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._runtime.atomic import atomic_write_json
+from .._runtime.errors import UsageError
 from ..data.corpus import TokenizedCorpus
-from ..data.model import LoadedModel, capture, resolve_hook, splice
+from ..data.model import LoadedModel, capture, resolve_hook, splice_from
+from ..data.pairs import Pair
 from ..sae.base import SparseAutoencoder
 from .metrics import evaluate
 
@@ -74,7 +77,7 @@ def evaluate_in_model(
     delta_lm_loss, kl_div, then everything ``saekit.evaluate`` returns (n_tokens, l0,
     fvu, ..., feature_frequency as a [d_sae] tensor).
     """
-    hook = _check_inputs(sae, loaded, hook, batch_contexts)
+    hook, hook_out = _check_inputs(sae, loaded, hook, batch_contexts)
     corpus = limit_tokens(tokens, max_tokens)
     was_training = sae.training
     sae.eval()
@@ -82,14 +85,15 @@ def evaluate_in_model(
         mean = _RunningMean(loaded.d_model)
         activation_metrics = evaluate(
             sae,
-            mean.tap(_masked_activations(loaded, hook, corpus, batch_contexts, progress)),
+            mean.tap(_masked_activations(loaded, hook, hook_out, corpus, batch_contexts, progress)),
             batch_size=1 << 16,
             dense_threshold=dense_threshold,
         )
-        ce = _spliced_cross_entropies(sae, loaded, hook, corpus, mean.value(), batch_contexts, progress)
+        ce = _spliced_cross_entropies(sae, loaded, hook, hook_out, corpus, mean.value(), batch_contexts, progress)
     finally:
         sae.train(was_training)
-    return {"hook": hook, "model": loaded.name, "n_contexts": len(corpus), **ce, **activation_metrics}
+    where = {"hook": hook} if hook_out == hook else {"hook": hook, "hook_out": hook_out}
+    return {**where, "model": loaded.name, "n_contexts": len(corpus), **ce, **activation_metrics}
 
 
 def limit_tokens(corpus: TokenizedCorpus, max_tokens: int | None) -> TokenizedCorpus:
@@ -110,33 +114,39 @@ def limit_tokens(corpus: TokenizedCorpus, max_tokens: int | None) -> TokenizedCo
 
 
 def _masked_activations(
-    loaded: LoadedModel, hook: str, corpus: TokenizedCorpus, batch_contexts: int, progress: bool
-) -> Iterator[Tensor]:
-    """Activations at ``hook`` of the train-mask tokens, batch by batch: [n, d_model] float32."""
+    loaded: LoadedModel, hook: str, hook_out: str, corpus: TokenizedCorpus, batch_contexts: int, progress: bool
+) -> Iterator[Tensor | Pair]:
+    """Activations at ``hook`` of the train-mask tokens, batch by batch: [n, d_model] float32
+    (Pairs of ``hook`` and ``hook_out``'s, where the SAE predicts another hook point)."""
     for tokens, mask, _ in _batches(corpus, batch_contexts, progress, f"activations at {hook}"):
-        act = capture(loaded, tokens, hook)[hook]
-        yield act[mask.to(act.device)].float()
+        acts = capture(loaded, tokens, list(dict.fromkeys([hook, hook_out])))
+        keep = mask.to(acts[hook].device)
+        x = acts[hook][keep].float()
+        yield x if hook_out == hook else Pair(x, acts[hook_out][keep].float())
 
 
 def _spliced_cross_entropies(
     sae: SparseAutoencoder,
     loaded: LoadedModel,
     hook: str,
+    hook_out: str,
     corpus: TokenizedCorpus,
     mean: Tensor,
     batch_contexts: int,
     progress: bool,
 ) -> dict[str, float]:
+    """CE with the activation at ``hook_out`` replaced: by the SAE's output from the
+    activation at ``hook`` (the same point for an SAE), by zeros, or by its mean."""
     sae_device = sae.W_dec.device
     mean = mean.to(loaded.device)
 
-    def reconstruct(act: Tensor) -> Tensor:
-        return sae(act.to(sae_device, torch.float32)).to(act.device, act.dtype)
+    def reconstruct(read: Tensor, act: Tensor) -> Tensor:
+        return sae(read.to(sae_device, torch.float32)).to(act.device, act.dtype)
 
-    replacements: dict[str, Callable[[Tensor], Tensor]] = {
+    replacements: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
         "sae": reconstruct,
-        "zero_ablation": torch.zeros_like,
-        "mean_ablation": lambda act: mean.to(act.dtype).expand_as(act),
+        "zero_ablation": lambda read, act: torch.zeros_like(act),
+        "mean_ablation": lambda read, act: mean.to(act.dtype).expand_as(act),
     }
     sums = dict.fromkeys(["clean", *replacements, "kl", "kl_zero"], 0.0)
     n_predictions = 0
@@ -149,7 +159,7 @@ def _spliced_cross_entropies(
         logp_clean = _log_probs(loaded, tokens, scored)  # [n, vocab]
         sums["clean"] += float(F.nll_loss(logp_clean, targets, reduction="sum"))
         for name, replace in replacements.items():
-            with splice(loaded, hook, _only_where(mask, replace)):
+            with splice_from(loaded, hook, hook_out, _only_where(mask, replace)):
                 logp = _log_probs(loaded, tokens, scored)
             sums[name] += float(F.nll_loss(logp, targets, reduction="sum"))
             if name in ("sae", "zero_ablation"):  # KL(p_clean ‖ p), summed over the vocabulary
@@ -195,9 +205,9 @@ def _log_probs(loaded: LoadedModel, tokens: Tensor, scored: Tensor) -> Tensor:
     return torch.log_softmax(logits[scored].float(), dim=-1)
 
 
-def _only_where(mask: Tensor, replace: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """act [B, T, d] ↦ replace(act) at the train-mask tokens, act elsewhere."""
-    return lambda act: torch.where(mask[..., None], replace(act).to(act.dtype), act)
+def _only_where(mask: Tensor, replace: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """(read, act [B, T, d]) ↦ replace(read, act) at the train-mask tokens, act elsewhere."""
+    return lambda read, act: torch.where(mask[..., None], replace(read, act).to(act.dtype), act)
 
 
 def _recovered(ce_ablated: float, ce_sae: float, ce_clean: float) -> float:
@@ -226,25 +236,31 @@ class _RunningMean:
         self.total = torch.zeros(d, dtype=torch.float64)
         self.n = 0
 
-    def tap(self, batches: Iterator[Tensor]) -> Iterator[Tensor]:
-        for x in batches:
-            self.total += x.sum(0).double().cpu()
-            self.n += x.shape[0]
-            yield x
+    def tap(self, batches: Iterator[Tensor | Pair]) -> Iterator[Tensor | Pair]:
+        """The batches, unchanged; the mean is of what is replaced (a Pair's target)."""
+        for batch in batches:
+            replaced = batch.y if isinstance(batch, Pair) else batch
+            self.total += replaced.sum(0).double().cpu()
+            self.n += replaced.shape[0]
+            yield batch
 
     def value(self) -> Tensor:
         if self.n == 0:
-            raise ValueError("the corpus has no train-mask tokens to evaluate on.")
+            raise UsageError("the corpus has no train-mask tokens to evaluate on.")
         return (self.total / self.n).float()
 
 
-def _check_inputs(sae: SparseAutoencoder, loaded: LoadedModel, hook: str | None, batch_contexts: int) -> str:
+def _check_inputs(
+    sae: SparseAutoencoder, loaded: LoadedModel, hook: str | None, batch_contexts: int
+) -> tuple[str, str]:
+    """(the hook point the SAE reads, the one its output replaces: the same for an SAE)."""
     hook = hook or sae.cfg.hook
     if hook is None:
-        raise ValueError(
+        raise UsageError(
             "the SAE's cfg.json names no hook point; pass hook= (CLI: --hook), e.g. 'layers.15.resid_post'."
         )
     hook = str(resolve_hook(loaded, hook))
+    hook_out = str(resolve_hook(loaded, sae.cfg.hook_out)) if sae.cfg.hook_out else hook
     if sae.d_in != loaded.d_model:
         raise ValueError(
             f"the SAE reads d_in={sae.d_in} but {loaded.name} has d_model={loaded.d_model}; "
@@ -253,8 +269,8 @@ def _check_inputs(sae: SparseAutoencoder, loaded: LoadedModel, hook: str | None,
     if sae.cfg.model and sae.cfg.model != loaded.name:
         warnings.warn(f"the SAE was trained on {sae.cfg.model!r} but is evaluated in {loaded.name!r}.", stacklevel=3)
     if batch_contexts < 1:
-        raise ValueError(f"batch_contexts (contexts per forward pass) must be at least 1, got {batch_contexts}.")
-    return hook
+        raise UsageError(f"batch_contexts (contexts per forward pass) must be at least 1, got {batch_contexts}.")
+    return hook, hook_out
 
 
 # ---- output ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ saekit architecture computing the same f and x̂ (D = activation_dim, F = dict_s
                            mag_bias                                                          → gated
     AutoEncoderTopK        b_dec, encoder.weight, encoder.bias, decoder.weight, k, threshold → topk
     BatchTopKSAE           the same (encodes by its threshold)                                → batchtopk
-    MatryoshkaBatchTopKSAE W_enc, b_enc, W_dec, b_dec, k, threshold, group_sizes             → batchtopk
+    MatryoshkaBatchTopKSAE W_enc, b_enc, W_dec, b_dec, k, threshold, group_sizes             → matryoshka_batchtopk
     JumpReluAutoEncoder    W_enc, b_enc, W_dec, b_dec, threshold [F] (x not centred)          → jumprelu
 """
 
@@ -155,12 +155,18 @@ def _convert(dict_class: str, state: dict[str, Tensor], path: Path) -> tuple[str
         tensors = {"W_enc": W.t(), "b_enc": b, "W_dec": D.t(), "b_dec": b_dec}
         return _topk_like(dict_class, tensors, k, threshold, path)
     if dict_class == "MatryoshkaBatchTopKSAE":
-        W_enc, b_enc, W_dec, b_dec, k, threshold = _need(
-            state, ("W_enc", "b_enc", "W_dec", "b_dec", "k", "threshold"), dict_class, path
+        W_enc, b_enc, W_dec, b_dec, k, threshold, groups = _need(
+            state, ("W_enc", "b_enc", "W_dec", "b_dec", "k", "threshold", "group_sizes"), dict_class, path
         )
-        return _topk_like(
+        arch, tensors, options = _topk_like(
             dict_class, {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, k, threshold, path
         )
+        sizes = [int(g) for g in groups.reshape(-1).tolist()]
+        if not sizes or min(sizes) < 1 or sum(sizes) != W_enc.shape[1]:
+            raise FormatError(
+                f"{path / WEIGHTS_FILE}: group_sizes {sizes} do not add up to the {W_enc.shape[1]} latents."
+            )
+        return "matryoshka_batchtopk", tensors, {**options, "group_sizes": sizes}
     W_enc, b_enc, W_dec, b_dec, threshold = _need(
         state, ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"), dict_class, path
     )

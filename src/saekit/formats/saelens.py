@@ -170,7 +170,7 @@ def foreign_config(raw: dict[str, Any], folder: Path) -> tuple[SAEConfig, dict[s
         "gated": "gated",
         "topk": "topk",
         "batchtopk": "batchtopk",
-        "matryoshka_batchtopk": "batchtopk",
+        "matryoshka_batchtopk": "matryoshka_batchtopk",
     }.get(arch, "jumprelu")
     options: dict[str, Any] = {}
     if base == "relu":
@@ -182,12 +182,14 @@ def foreign_config(raw: dict[str, Any], folder: Path) -> tuple[SAEConfig, dict[s
     else:
         k = raw.get("k")
         if not isinstance(k, (int, float)) or k != int(k) or k < 1:
-            if base == "batchtopk":  # a fractional mean k: at inference the SAE is its threshold
+            if base in TRAINING_ONLY:  # a fractional mean k: at inference the SAE is its threshold
                 base, options = "jumprelu", {"l0_coefficient": 0.0}
             else:
                 raise FormatError(f"{folder / CONFIG_FILE}: k is {k!r}, not a whole number of active features.")
         if base != "jumprelu":
             options["k"] = min(int(k), int(raw["d_sae"]))
+        if base == "matryoshka_batchtopk":
+            options["group_sizes"] = _group_sizes(raw.get("matryoshka_widths"), int(raw["d_sae"]), folder)
     cfg = SAEConfig.from_dict(
         {
             "arch": base,
@@ -213,6 +215,18 @@ def foreign_config(raw: dict[str, Any], folder: Path) -> tuple[SAEConfig, dict[s
     return cfg, plan
 
 
+def _group_sizes(widths: Any, d_sae: int, folder: Path) -> list[int]:
+    """saekit's group sizes from SAELens's matryoshka_widths (cumulative; SAELens adds a last
+    level of d_sae when the list stops short of it, and so does this)."""
+    if not isinstance(widths, list) or not widths or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise FormatError(f"{folder / CONFIG_FILE}: matryoshka_widths is {widths!r}, not a list of positive widths.")
+    if widths[-1] != d_sae:
+        widths = [*widths, d_sae]
+    if any(b <= a for a, b in zip(widths, widths[1:])) or widths[-1] != d_sae:
+        raise FormatError(f"{folder / CONFIG_FILE}: matryoshka_widths {widths} must increase up to d_sae={d_sae}.")
+    return [widths[0]] + [b - a for a, b in zip(widths, widths[1:])]
+
+
 def foreign_shapes(cfg: SAEConfig, plan: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """The tensors (and shapes) a SAELens folder of this architecture holds."""
     d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.d_out or cfg.d_in
@@ -235,7 +249,7 @@ def foreign_tensors(cfg: SAEConfig, plan: dict[str, Any], tensors: dict[str, Ten
     t = {name: value.float() for name, value in tensors.items()}
     if "topk_threshold" in t:
         value = t.pop("topk_threshold")
-        t["threshold"] = value if cfg.arch == "batchtopk" else value.expand(cfg.d_sae).clone()
+        t["threshold"] = value if cfg.arch in TRAINING_ONLY else value.expand(cfg.d_sae).clone()
     if plan["rescale"]:  # selection on z·‖d_i‖, decoding f/‖d_i‖: the same with the norms folded in
         norms = t["W_dec"].norm(dim=1).clamp_min(1e-8)
         t["W_enc"], t["b_enc"], t["W_dec"] = t["W_enc"] * norms, t["b_enc"] * norms, t["W_dec"] / norms[:, None]

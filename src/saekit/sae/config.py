@@ -82,13 +82,20 @@ class SAEConfig:
     jumprelu_init_threshold: NonNegativeFloat = 0.01
     """jumprelu: initial value of every threshold θ_i."""
     aux_k: PositiveInt | None = None
-    """topk, batchtopk: number of dead latents used by the AuxK loss (default d_in // 2)."""
+    """topk, batchtopk, matryoshka_batchtopk: number of dead latents used by the AuxK loss (default d_in // 2)."""
     aux_coefficient: NonNegativeFloat = 1 / 32
-    """topk, batchtopk: weight of the AuxK loss (Gao et al. 2024)."""
+    """topk, batchtopk, matryoshka_batchtopk: weight of the AuxK loss (Gao et al. 2024)."""
     dead_tokens: PositiveInt = 1_000_000
     """A feature that has not fired for this many training tokens counts as dead (AuxK, logs)."""
     batchtopk_threshold_momentum: float = 0.99
-    """batchtopk: momentum of the running inference threshold, in [0, 1)."""
+    """batchtopk, matryoshka_batchtopk: momentum of the running inference threshold, in [0, 1)."""
+    group_sizes: list[PositiveInt] | None = None
+    """matryoshka_batchtopk: the sizes of the nested groups of latents, adding up to d_sae
+    (prefix m is groups 0..m). Default: four groups doubling in size."""
+    group_fractions: list[PositiveFloat] | None = None
+    """matryoshka_batchtopk: the groups as fractions of d_sae (instead of group_sizes), adding up to 1."""
+    group_weights: list[NonNegativeFloat] | None = None
+    """matryoshka_batchtopk: the weight of each prefix's reconstruction error (default: 1/G each)."""
     feature_scale: bool = False
     """Whether the SAE carries the per-feature scale vector s (f_s = s ⊙ f) that fixes
     feature suppression; fitted by saekit.fit_scale after training."""
@@ -99,6 +106,8 @@ class SAEConfig:
     "none": activations are used as they are."""
     activation_scale: PositiveFloat = 1.0
     """The factor c that was folded into the weights (1.0 when none was)."""
+    target_scale: PositiveFloat = 1.0
+    """A transcoder's: the factor its target was scaled by in training, folded into its decoder."""
 
     hook: str | None = None
     """Hook point the SAE was trained on (a transcoder: the one it reads), e.g. "layers.15.resid_post"."""

@@ -6,17 +6,20 @@ z > b_mag − exp(r_mag) ⊙ b_gate (exp > 0 keeps the inequality's direction), 
 ReLU(z); so f = z ⊙ 1[z > θ] with θ = max(0, b_mag − exp(r_mag) ⊙ b_gate),
 W_enc = W_gate ⊙ exp(r_mag) and b_enc = b_mag.
 
-BatchTopK (eval mode) → JumpReLU: f = z ⊙ 1[z > θ] already, with θ its running threshold.
+BatchTopK and Matryoshka BatchTopK (eval mode) → JumpReLU: f = z ⊙ 1[z > θ] already,
+with θ their running threshold.
 ReLU → JumpReLU: θ = 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
 
-from .base import SparseAutoencoder
+from .._runtime.errors import UsageError
+from .base import OPTION_FIELDS, SPARSITY_FIELDS, SparseAutoencoder
 from .config import SAEConfig
 from .jumprelu import JumpReluSAE
 
@@ -26,12 +29,12 @@ def convert(sae: SparseAutoencoder, arch: str) -> SparseAutoencoder:
     """Return a new SAE of architecture ``arch`` that gives the same features and
     reconstructions as ``sae`` on every input. Only conversions that are exact exist."""
     if arch != "jumprelu":
-        raise ValueError(f"saekit can convert to 'jumprelu' only (asked for {arch!r}).")
+        raise UsageError(f"saekit can convert to 'jumprelu' only (asked for {arch!r}).")
     if sae.arch == "gated":
         scale = torch.exp(sae.r_mag)
         W_enc, b_enc = sae.W_enc * scale, sae.b_mag.clone()
         threshold = torch.clamp(sae.b_mag - scale * sae.b_gate, min=0.0)
-    elif sae.arch == "batchtopk":
+    elif sae.arch in ("batchtopk", "matryoshka_batchtopk"):
         W_enc, b_enc = sae.W_enc.clone(), sae.b_enc.clone()
         threshold = sae.threshold.expand(sae.d_sae).clone()
     elif sae.arch == "relu":
@@ -40,14 +43,15 @@ def convert(sae: SparseAutoencoder, arch: str) -> SparseAutoencoder:
     elif sae.arch == "jumprelu":
         W_enc, b_enc, threshold = sae.W_enc.clone(), sae.b_enc.clone(), sae.threshold.clone()
     else:
-        raise ValueError(
+        raise UsageError(
             f"a {sae.arch} SAE has no exactly equivalent JumpReLU SAE (a per-token top-k is not a "
-            "fixed threshold); convert gated, batchtopk, relu or jumprelu SAEs."
+            "fixed threshold); convert gated, batchtopk, matryoshka_batchtopk, relu or jumprelu SAEs."
         )
     fields = json.loads(sae.cfg.to_json())
-    for name in ("l1_coefficient", "l0_coefficient", "target_l0", "k", "aux_k"):
-        fields[name] = None
-    fields.update(arch="jumprelu", l0_coefficient=0.0, decoder_norm="unit")
+    defaults = {f.name: f.default for f in dataclasses.fields(SAEConfig)}
+    for name in (*SPARSITY_FIELDS, *OPTION_FIELDS):  # what applies to the source, at JumpReLU's defaults
+        fields[name] = defaults[name]
+    fields.update(arch="jumprelu", l0_coefficient=0.0)
     fields["provenance"] = {**fields.get("provenance", {}), "converted_from": sae.arch}
     out = JumpReluSAE(SAEConfig.from_dict(fields))
     out.to(sae.W_dec.device)

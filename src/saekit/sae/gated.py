@@ -56,6 +56,20 @@ class GatedSAE(SparseAutoencoder):
         """P = (x − b_dec) W_gate = x W_gate − b_dec W_gate: [..., d_sae] (no gradient w.r.t. x needed)."""
         return self.encoder_matmul(self.normalize_input(x), self.centred_bias(self.W_enc.new_zeros(self.d_sae)))
 
+    @torch.no_grad()
+    def calibrate(self, sample: Tensor) -> None:
+        """The gate opens on target_l0 / d_sae of the tokens; the magnitude path starts at
+        the same quantile, so that open gates pass comparable magnitudes."""
+        if self.cfg.target_l0 is None:
+            return
+        projected = self.projection(sample)
+        self.b_gate.sub_(self.firing_quantiles(projected + self.b_gate))
+        self.b_mag.sub_(self.firing_quantiles(torch.exp(self.r_mag) * projected + self.b_mag))
+
+    @torch.no_grad()
+    def shift_thresholds(self, rate: Tensor) -> None:
+        self._scale_threshold_bias(self.b_gate, rate)  # the gate alone decides which features fire
+
     def encode(self, x: Tensor) -> Tensor:
         return gated_features(self.projection(x), self.b_gate, self.r_mag, self.b_mag)[0]
 

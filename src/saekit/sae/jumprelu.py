@@ -96,6 +96,18 @@ class JumpReluSAE(SparseAutoencoder):
     def default_coefficient(cls) -> float:
         return 0.1
 
+    @torch.no_grad()
+    def calibrate(self, sample: Tensor) -> None:
+        """θ starts at the quantile of each feature's pre-activations that target_l0 / d_sae of
+        the tokens exceed, so the run starts at its target L0 instead of at about half of
+        d_sae (θ is at least 0, as the clamp after each step keeps it)."""
+        if self.cfg.target_l0 is not None:
+            self.threshold.copy_(self.firing_quantiles(self.pre_activations(sample)).clamp_(min=0.0))
+
+    @torch.no_grad()
+    def shift_thresholds(self, rate: Tensor) -> None:
+        self.threshold.mul_(torch.exp(rate).to(self.threshold.dtype))
+
     def encode(self, x: Tensor) -> Tensor:
         z = self.pre_activations(x)
         return z * (z > self.threshold).to(z.dtype)

@@ -14,11 +14,12 @@ from .batchtopk import BatchTopKSAE
 from .config import ConfigError, SAEConfig
 from .gated import GatedSAE
 from .jumprelu import JumpReluSAE
+from .matryoshka import MatryoshkaBatchTopKSAE
 from .relu import ReluSAE
 from .topk import TopKSAE
 
 SAE_CLASSES: dict[str, type[SparseAutoencoder]] = {
-    cls.arch: cls for cls in (ReluSAE, GatedSAE, JumpReluSAE, TopKSAE, BatchTopKSAE)
+    cls.arch: cls for cls in (ReluSAE, GatedSAE, JumpReluSAE, TopKSAE, BatchTopKSAE, MatryoshkaBatchTopKSAE)
 }
 ARCHITECTURES: tuple[str, ...] = tuple(SAE_CLASSES)
 """Every architecture's name, in the order tables and sweeps show them."""

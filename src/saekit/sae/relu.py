@@ -36,6 +36,15 @@ class ReluSAE(SparseAutoencoder):
     def default_coefficient(cls) -> float:
         return 1.0
 
+    @torch.no_grad()
+    def calibrate(self, sample: Tensor) -> None:
+        if self.cfg.target_l0 is not None:
+            self.b_enc.sub_(self.firing_quantiles(self.pre_activations(sample)))
+
+    @torch.no_grad()
+    def shift_thresholds(self, rate: Tensor) -> None:
+        self._scale_threshold_bias(self.b_enc, rate)
+
     def encode(self, x: Tensor) -> Tensor:
         return self.pre_activations(x).relu_()  # in place: z itself is needed by nobody
 

@@ -33,7 +33,8 @@ class TopKSAE(SparseAutoencoder):
 
     @property
     def aux_k(self) -> int:
-        return self.cfg.aux_k or min(self.d_in // 2, self.d_sae)
+        """Dead latents the AuxK loss uses: cfg.aux_k, else d_in // 2 (at least one)."""
+        return self.cfg.aux_k or max(1, min(self.d_in // 2, self.d_sae))
 
     def encode(self, x: Tensor) -> Tensor:
         z = self.pre_activations(x)

@@ -49,8 +49,10 @@ class TrainConfig:
     """"cpu", "cuda", "cuda:1", ...; default: cuda if available (the local rank's GPU under torchrun)."""
     normalization_tokens: PositiveInt = 65_536
     """Tokens sampled before training to estimate the activation scale and to initialise b_dec."""
-    l0_controller_gain: PositiveFloat = 0.02
-    """target_l0: the coefficient is multiplied by exp(gain · clamp(log((L0+1)/(target+1)), ±1)) every step."""
+    l0_controller_gain: PositiveFloat | None = None
+    """target_l0: the gain g of the controller's slow loop, which multiplies the coefficient by
+    exp(g · (e + D / 0.2)) every step (training/controller.py); default: a gain that scales
+    with the run's length (``controller_gain``)."""
     log_every: PositiveInt = 50
     """Steps between log lines (and progress-bar updates)."""
     checkpoint_every: PositiveInt | None = None
@@ -84,6 +86,15 @@ class TrainConfig:
         if self.lr_decay == "linear":
             return self.lr * (1 - progress)
         return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def controller_gain(self) -> float:
+        """The gain of the target-L0 controller's slow loop (λ): the given one, else 5 / steps
+        within [0.002, 0.05]. λ acts through the optimiser, with its momentum's delay, so a
+        faster λ overshoots (measured: at 10 / steps a 150-step JumpReLU run swung 20% above
+        its target when λ had halved); the fast loop holds the L0 meanwhile."""
+        if self.l0_controller_gain is not None:
+            return self.l0_controller_gain
+        return min(0.05, max(0.002, 5.0 / self.steps))
 
     def sparsity_scale_at(self, step: int) -> float:
         warmup = int(self.sparsity_warmup_fraction * self.steps)

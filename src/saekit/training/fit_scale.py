@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .._runtime.errors import UsageError
+from ..data.pairs import as_pair, check_fits
 from ..data.source import as_source
 from ..sae.base import SparseAutoencoder
 
@@ -33,8 +33,7 @@ def fit_scale(
 ) -> SparseAutoencoder:
     """Add (or refit) the feature scale vector s of ``sae`` in place and return it."""
     source = as_source(data)
-    if source.d_in != sae.d_in:
-        raise UsageError(f"the data has d_in={source.d_in} but the SAE reads d_in={sae.d_in}.")
+    check_fits(source, sae)
     device = torch.device(device) if device else sae.W_dec.device
     sae.add_feature_scale()
     with torch.no_grad():
@@ -51,10 +50,11 @@ def fit_scale(
         for step in range(steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            x = next(batches).to(device).float()
+            pair = as_pair(next(batches)).to(device)
+            x = pair.x.float()
             with torch.no_grad():
                 f = sae.encode(x)
-            loss = sae.reconstruction_error(x, sae.decode(f))
+            loss = sae.reconstruction_error(x if pair.same else pair.y.float(), sae.predict(x, sae.decode(f)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

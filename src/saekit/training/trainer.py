@@ -27,10 +27,13 @@ from .._runtime.checksums import sha256_bytes
 from .._runtime.distributed import DistContext, DistributedError
 from .._runtime.errors import FolderError, NonFiniteError, UsageError
 from .._runtime.folder import OutputFolder
+from ..data.pairs import Pair, as_pair, check_fits
 from ..data.source import as_source, describe_nonfinite, fingerprint_of
 from ..sae.base import SparseAutoencoder
 from .checkpoint import LOG_FILE, load_checkpoint, read_log, save_checkpoint
 from .config import TrainConfig
+from .controller import STATE as CONTROLLER_STATE
+from .controller import L0Controller
 
 
 @dataclass
@@ -140,11 +143,7 @@ class Trainer:
         self.loggers = list(loggers)
         cfg = self.cfg = TrainConfig(**options)
         source = self.source = as_source(data)
-        if source.d_in != sae.d_in:
-            raise UsageError(
-                f"the data has d_in={source.d_in} but the SAE was made for d_in={sae.d_in}; "
-                f"create the SAE with d_in={source.d_in} or train it on activations of width {sae.d_in}."
-            )
+        check_fits(source, sae)
         ctx = self.ctx = ctx if ctx is not None else DistContext.current()
         device = self.device = _device(cfg.device, ctx)
         self.use_bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and bf16_supported(device))
@@ -177,11 +176,15 @@ class Trainer:
             self.optimizer = torch.optim.Adam(
                 sae.optimizer_groups(), lr=cfg.lr, betas=cfg.adam_betas, fused=device.type in ("cpu", "cuda")
             )
-            self.step_index, self.scale = self._start()
+            self.step_index, (self.scale, self.target_scale), controller_state = self._start()
         except BaseException:
             self.close()
             raise
         self.target_l0 = sae.cfg.target_l0 if sae.coefficient_name is not None else None
+        self.controller = None
+        if self.target_l0 is not None:
+            self.controller = L0Controller(self.target_l0, cfg.controller_gain(), device)
+            self.controller.load(controller_state)
         self.checkpoint_every = cfg.checkpoint_every or max(1, cfg.steps // 10)
         self.per_rank = cfg.batch_size // ctx.world_size
         self.history: list[dict[str, float]] = []
@@ -210,24 +213,35 @@ class Trainer:
         if self.folder is not None:
             self.folder.close()
 
-    def _start(self) -> tuple[int, float]:
-        """(first step, activation scale): from the checkpoint in ``out`` if there is one,
-        else after estimating the scale. Rank 0 alone reads the checkpoint and sends what
-        it holds to the other ranks, which therefore need not see its disk."""
+    def _start(self) -> tuple[int, tuple[float, float], dict[str, float]]:
+        """(first step, (input and target scales), the L0 controller's state): from the
+        checkpoint in ``out`` if there is one, else after estimating the scale. Rank 0 alone
+        reads the checkpoint and sends what it holds to the other ranks, which therefore need
+        not see its disk."""
         ctx, sae = self.ctx, self.sae
-        resumed, step, scale, error = False, 0, 1.0, None
+        resumed, step, scale, target_scale, control, error = False, 0, 1.0, 1.0, {}, None
         if ctx.is_main and self.checkpoint_dir is not None:
             try:
                 state = load_checkpoint(self.checkpoint_dir, sae, self.optimizer, log=self.log_path)
                 if state is not None:
                     resumed, step, scale = True, state["step"], state["activation_scale"]
+                    target_scale = state.get("target_scale", scale)
+                    control = state.get("l0_controller", {})
                     _truncate_log(self.log_path, step)
             except Exception as caught:  # re-raised below, once the other ranks know to stop
                 error = caught
         if ctx.enabled:
-            decision = torch.tensor([error is not None, resumed, step, scale], dtype=torch.float64, device=self.device)
+            names = CONTROLLER_STATE
+            values = [control.get(name, float("nan")) for name in names]
+            decision = torch.tensor(
+                [error is not None, resumed, step, scale, target_scale, *values],
+                dtype=torch.float64,
+                device=self.device,
+            )
             ctx.broadcast_(decision)
-            failed, resumed, step, scale = bool(decision[0]), bool(decision[1]), int(decision[2]), float(decision[3])
+            failed, resumed, step = bool(decision[0]), bool(decision[1]), int(decision[2])
+            scale, target_scale = float(decision[3]), float(decision[4])
+            control = {name: float(v) for name, v in zip(names, decision[5:].tolist()) if v == v}
             if failed and error is None:
                 raise DistributedError(
                     f"rank {ctx.rank}: rank 0 could not resume the run in {self.out}; its log says why."
@@ -236,12 +250,17 @@ class Trainer:
             raise error
         if resumed:
             # The checkpoint holds the SAE before its scale is folded in.
-            sae.cfg.activation_scale = 1.0
+            sae.cfg.activation_scale = sae.cfg.target_scale = 1.0
             ctx.broadcast_module_(sae)
             ctx.broadcast_adam_state_(self.optimizer)
-            return step, scale
+            return step, (scale, target_scale), control
         ctx.broadcast_module_(sae)  # every rank starts from rank 0's weights, as DDP does
-        return 0, _prepare(sae, self.source, self.cfg, ctx, self.device)
+        return 0, _prepare(sae, self.source, self.cfg, ctx, self.device), {}
+
+    def _sparsity_scale(self, step: int) -> float:
+        """The sparsity warm-up's factor; none with a target L0, where the SAE was calibrated
+        to start at its target and the controller sets the coefficient from the first step."""
+        return 1.0 if self.target_l0 is not None else self.cfg.sparsity_scale_at(step)
 
     @property
     def done(self) -> bool:
@@ -254,18 +273,22 @@ class Trainer:
             cfg.batch_size, seed=cfg.seed, start=self.step_index, rank=ctx.rank, world_size=ctx.world_size
         )
 
-    def step(self, x: Tensor) -> None:
-        """One optimiser step on x: [batch_size // world_size, d_in] raw activations."""
+    def step(self, batch: Tensor | Pair) -> None:
+        """One optimiser step on a batch of raw activations: x [batch_size // world_size,
+        d_in], or a Pair (x, y) of a transcoder's input and target rows."""
         cfg, ctx, sae, optimizer, step = self.cfg, self.ctx, self.sae, self.optimizer, self.step_index
-        x = x.to(self.device, non_blocking=True)
-        if x.shape[0] != self.per_rank:
-            raise UsageError(f"the data source gave a batch of {x.shape[0]} rows where {self.per_rank} were asked for.")
-        x = x * self.scale
-        self._check_finite(torch.isfinite(x).all(), step, "batch")
+        pair = as_pair(batch).to(self.device)
+        if pair.x.shape[0] != self.per_rank:
+            raise UsageError(
+                f"the data source gave a batch of {pair.x.shape[0]} rows where {self.per_rank} were asked for."
+            )
+        x = pair.x * self.scale
+        target = x if pair.same and self.target_scale == self.scale else pair.y * self.target_scale
+        self._check_finite(torch.isfinite(x).all() & torch.isfinite(target).all(), step, "batch")
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(step) * group.get("lr_scale", 1.0)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            output = sae.loss(x, sparsity_scale=cfg.sparsity_scale_at(step))
+            output = sae.loss(x, target=target, sparsity_scale=self._sparsity_scale(step))
         self._check_finite(torch.isfinite(output.loss.detach()), step, "loss", output)
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
@@ -281,15 +304,18 @@ class Trainer:
             sae.update_firing(ctx.any_(output.fired), cfg.batch_size)
             l0 = ctx.mean_(output.l0.float().clone())
             sae.observe_l0(l0)
-            if self.target_l0 is not None and cfg.sparsity_scale_at(step) == 1.0:
-                error = torch.log((l0 + 1) / (self.target_l0 + 1)).clamp(-1, 1)
-                sae.sparsity_coefficient.mul_(torch.exp(cfg.l0_controller_gain * error))
+            if self.controller is not None:
+                shift, factor = self.controller.update(l0, progress=step / cfg.steps)
+                # Raise only the thresholds of features that fired: the others add nothing to
+                # L0, get no gradient to pull them back, and would be pushed out for good.
+                sae.shift_thresholds(torch.where((sae.tokens_since_fired == 0) | (shift < 0), shift, 0.0))
+                sae.sparsity_coefficient.mul_(factor)
 
         self.step_index = step = step + 1
         last = step == cfg.steps
         if step % cfg.log_every == 0 or last:
             self._raise_deferred()
-            entry = _log_entry(step, sae, output, x, cfg, ctx)
+            entry = _log_entry(step, sae, output, target, cfg, ctx)
             self.history.append(entry)
             if ctx.is_main and self.log_path is not None:
                 with open(self.log_path, "a") as handle:
@@ -307,7 +333,13 @@ class Trainer:
             self._raise_deferred()
             self._check_parameters(step)
             if ctx.is_main:
-                state = {"step": step, "activation_scale": self.scale, "train_config": _jsonable_config(cfg)}
+                state = {
+                    "step": step,
+                    "activation_scale": self.scale,
+                    "target_scale": self.target_scale,
+                    **({"l0_controller": self.controller.state()} if self.controller else {}),
+                    "train_config": _jsonable_config(cfg),
+                }
                 self.folder.output("checkpoint")
                 save_checkpoint(self.checkpoint_dir, sae, optimizer, state)
                 self.folder.finished("checkpoint")
@@ -373,7 +405,7 @@ class Trainer:
         seconds = time.perf_counter() - self.started
         self._raise_deferred()
         self._check_parameters(self.step_index)
-        sae.fold_activation_scale(self.scale)
+        sae.fold_activation_scale(self.scale, self.target_scale)
         sae.cfg.provenance.update(
             steps=cfg.steps,
             tokens=cfg.steps * cfg.batch_size,
@@ -389,46 +421,60 @@ class Trainer:
         return TrainResult(sae, cfg.steps, cfg.steps * cfg.batch_size, self.scale, seconds, self.history)
 
 
-def _prepare(sae: SparseAutoencoder, source, cfg: TrainConfig, ctx: DistContext, device: torch.device) -> float:
+def _prepare(sae: SparseAutoencoder, source, cfg: TrainConfig, ctx: DistContext, device: torch.device):
     """Before the first step: undo a folded scale (continued training), estimate the
-    activation scale c with E‖c·x‖ = √d_in over all ranks, start b_dec at the data mean."""
-    if sae.cfg.activation_scale != 1.0:
-        previous = sae.cfg.activation_scale
-        sae.fold_activation_scale(1.0 / previous)
-        sae.cfg.activation_scale = 1.0
+    activation scales c with E‖c·x‖ = √d (of the input, and of a transcoder's target) over
+    all ranks, start b_dec at the target's mean. Returns (c_in, c_out)."""
+    previous = sae.folded_scales()
+    if previous != (1.0, 1.0):
+        sae.fold_activation_scale(1.0 / previous[0], 1.0 / previous[1])
+        sae.cfg.activation_scale = sae.cfg.target_scale = 1.0
         return previous
-    sample = _sample(source, cfg, ctx).to(device)
-    if not bool(torch.isfinite(sample).all()):
-        where = describe_nonfinite(source)
-        raise NonFiniteError(
-            f"the activations hold NaN or infinite values{' (' + where + ')' if where else ''}; "
-            "nothing was trained. Harvest the data again or remove those rows."
-        )
-    if sae.cfg.normalize_activations == "expected_norm":
-        norms = torch.stack([sample.norm(dim=-1).sum(), torch.tensor(float(sample.shape[0]), device=device)])
-        ctx.sum_(norms)
-        mean_norm = float(norms[0] / norms[1])
-        if not math.isfinite(mean_norm) or mean_norm == 0:
-            raise UsageError(
-                f"the activations' mean norm is {mean_norm}; they cannot be normalised (are they all zero?)."
+    x, y = _sample(source, cfg, ctx)
+    x, y = x.to(device), (None if y is None else y.to(device))
+    for side in (x, y):
+        if side is not None and not bool(torch.isfinite(side).all()):
+            where = describe_nonfinite(source)
+            raise NonFiniteError(
+                f"the activations hold NaN or infinite values{' (' + where + ')' if where else ''}; "
+                "nothing was trained. Harvest the data again or remove those rows."
             )
-        scale = math.sqrt(sae.d_in) / mean_norm
+    if sae.cfg.normalize_activations == "expected_norm":
+        scale = _norm_scale(x, ctx)
+        target_scale = scale if y is None else _norm_scale(y, ctx)
     else:
-        scale = 1.0
-    mean = ctx.mean_(sample.mean(0) * scale)
-    sae.init_b_dec(mean)
-    return scale
+        scale = target_scale = 1.0
+    target = x if y is None else y
+    sae.init_b_dec(ctx.mean_(target.mean(0) * target_scale))
+    sae.calibrate(ctx.gather_rows(x) * scale)  # on the whole sample, as one process would
+    ctx.broadcast_module_(sae)
+    return scale, target_scale
 
 
-def _sample(source, cfg: TrainConfig, ctx: DistContext) -> Tensor:
-    """About normalization_tokens rows, read with a seed the training order does not use."""
-    rows, got = [], 0
+def _norm_scale(sample: Tensor, ctx: DistContext) -> float:
+    """c with E‖c·x‖ = √d over the sample on every rank."""
+    device = sample.device
+    norms = torch.stack([sample.norm(dim=-1).sum(), torch.tensor(float(sample.shape[0]), device=device)])
+    ctx.sum_(norms)
+    mean_norm = float(norms[0] / norms[1])
+    if not math.isfinite(mean_norm) or mean_norm == 0:
+        raise UsageError(f"the activations' mean norm is {mean_norm}; they cannot be normalised (are they all zero?).")
+    return math.sqrt(sample.shape[1]) / mean_norm
+
+
+def _sample(source, cfg: TrainConfig, ctx: DistContext) -> tuple[Tensor, Tensor | None]:
+    """About normalization_tokens rows (x, and y when the target is not x), read with a
+    seed the training order does not use."""
+    xs, ys, got = [], [], 0
     for batch in source.batches(cfg.batch_size, seed=cfg.seed + 7919, rank=ctx.rank, world_size=ctx.world_size):
-        rows.append(batch)
-        got += batch.shape[0] * ctx.world_size
+        pair = as_pair(batch)
+        xs.append(pair.x)
+        if not pair.same:
+            ys.append(pair.y)
+        got += pair.x.shape[0] * ctx.world_size
         if got >= cfg.normalization_tokens:
             break
-    return torch.cat(rows).float()
+    return torch.cat(xs).float(), (torch.cat(ys).float() if ys else None)
 
 
 @torch.no_grad()

@@ -82,7 +82,22 @@ def _worker(rank: int, world: int, port: int, folder: str, job: str, args: tuple
 
 def launch(folder: Path, job: str, *args, deadline_s: float = 90.0) -> tuple[list[int | None], list[str], float]:
     """Run ``job(ctx, folder, *args)`` on 2 ranks; (exit codes, error texts, seconds).
-    A process still running at the deadline is killed and reports None."""
+    A process still running at the deadline is killed and reports None.
+
+    A rank that dies by a signal (a negative exit code) without writing an error has
+    crashed inside the process group's C++ layer, not in saekit: seen about once in five
+    runs of this file after other test files on the 2-core machine (SIGABRT in one rank,
+    before its first line of output), never when saekit raised. Such a launch runs once
+    more, on a fresh port (a run it left behind resumes, as any interrupted run does); a
+    second crash fails the test."""
+    result = _launch_once(folder, job, *args, deadline_s=deadline_s)
+    codes, errors, _ = result
+    if any(code is not None and code < 0 for code in codes) and not any(errors):
+        result = _launch_once(folder, job, *args, deadline_s=deadline_s)
+    return result
+
+
+def _launch_once(folder: Path, job: str, *args, deadline_s: float) -> tuple[list[int | None], list[str], float]:
     folder.mkdir(parents=True, exist_ok=True)
     spawn = multiprocessing.get_context("spawn")
     port = free_port()

@@ -93,12 +93,15 @@ class DistContext:
         return as_int.bool()
 
     def gather_rows(self, tensor: Tensor) -> Tensor:
-        """Every rank's rows of ``tensor`` (the same shape on each), concatenated in rank order."""
+        """Every rank's rows of ``tensor`` (the same shape on each), concatenated in rank order
+        (an all-reduce of zero-padded slots: exact, and the collective the rest uses)."""
         if not self.enabled:
             return tensor
-        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        self._collective("gather", dist.all_gather, parts, tensor.contiguous())
-        return torch.cat(parts)
+        n = tensor.shape[0]
+        gathered = tensor.new_zeros((self.world_size * n, *tensor.shape[1:]))
+        gathered[self.rank * n : (self.rank + 1) * n] = tensor
+        self._collective("gather", dist.all_reduce, gathered, op=dist.ReduceOp.SUM)
+        return gathered
 
     def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
         """Overwrite ``tensor`` on every rank with rank ``src``'s."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import LossOutput
 from .batchtopk import BatchTopKSAE
 from .config import ConfigError, SAEConfig
 from .sparse_decode import sparse_decode
@@ -79,20 +78,11 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         weights = self.cfg.group_weights
         return list(weights) if weights is not None else [1 / len(self.group_ends)] * len(self.group_ends)
 
-    def loss(self, x: Tensor, *, target: Tensor | None = None, sparsity_scale: float = 1.0) -> LossOutput:
-        target = x if target is None else target
-        active = self.select(x)
+    def reconstruction_and_output(self, x: Tensor, target: Tensor, active) -> tuple[Tensor, Tensor]:
+        """Σ_m w_m ‖y − ŷ_≤m‖², and the full dictionary's ŷ (the last prefix)."""
         prefixes = self.prefix_decodes(x, active)
         errors = [self.reconstruction_error(target, x_hat) for x_hat in prefixes]
-        reconstruction = sum(w * e for w, e in zip(self.group_weights, errors))
-        x_hat = prefixes[-1]
-        parts = {"reconstruction": reconstruction}
-        total = reconstruction
-        auxiliary = self.auxk_loss(x, (target - x_hat).detach())
-        if auxiliary is not None:
-            parts["auxiliary"] = auxiliary
-            total = total + auxiliary
-        return LossOutput.from_entries(total, parts, x_hat, active.indices, active.values.detach() > 0, self.d_sae)
+        return sum(w * e for w, e in zip(self.group_weights, errors)), prefixes[-1]
 
     def prefix_decodes(self, x: Tensor, active) -> list[Tensor]:
         """x̂_m for every prefix m: [B, d_out] each, from one sparse decode per group."""

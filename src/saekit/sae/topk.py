@@ -48,8 +48,7 @@ class TopKSAE(SparseAutoencoder):
     def loss(self, x: Tensor, *, target: Tensor | None = None, sparsity_scale: float = 1.0) -> LossOutput:
         target = x if target is None else target
         active = self.select(x)
-        x_hat = self.predict(x, self.decode_sparse(active))
-        reconstruction = self.reconstruction_error(target, x_hat)
+        reconstruction, x_hat = self.reconstruction_and_output(x, target, active)
         parts = {"reconstruction": reconstruction}
         total = reconstruction
         auxiliary = self.auxk_loss(x, (target - x_hat).detach())
@@ -57,6 +56,11 @@ class TopKSAE(SparseAutoencoder):
             parts["auxiliary"] = auxiliary
             total = total + auxiliary
         return LossOutput.from_entries(total, parts, x_hat, active.indices, active.values.detach() > 0, self.d_sae)
+
+    def reconstruction_and_output(self, x: Tensor, target: Tensor, active: Active) -> tuple[Tensor, Tensor]:
+        """(the reconstruction term, the prediction ŷ) from the active latents."""
+        x_hat = self.predict(x, self.decode_sparse(active))
+        return self.reconstruction_error(target, x_hat), x_hat
 
     def auxk_loss(self, x: Tensor, residual: Tensor) -> Tensor | None:
         """‖e − ê‖² with ê decoded from the aux_k largest pre-activations of dead latents;

@@ -231,8 +231,7 @@ class Trainer:
             except Exception as caught:  # re-raised below, once the other ranks know to stop
                 error = caught
         if ctx.enabled:
-            names = CONTROLLER_STATE
-            values = [control.get(name, float("nan")) for name in names]
+            values = [control.get(name, float("nan")) for name in CONTROLLER_STATE]
             decision = torch.tensor(
                 [error is not None, resumed, step, scale, target_scale, *values],
                 dtype=torch.float64,
@@ -241,7 +240,7 @@ class Trainer:
             ctx.broadcast_(decision)
             failed, resumed, step = bool(decision[0]), bool(decision[1]), int(decision[2])
             scale, target_scale = float(decision[3]), float(decision[4])
-            control = {name: float(v) for name, v in zip(names, decision[5:].tolist()) if v == v}
+            control = {name: float(v) for name, v in zip(CONTROLLER_STATE, decision[5:].tolist()) if v == v}
             if failed and error is None:
                 raise DistributedError(
                     f"rank {ctx.rank}: rank 0 could not resume the run in {self.out}; its log says why."
@@ -284,7 +283,10 @@ class Trainer:
             )
         x = pair.x * self.scale
         target = x if pair.same and self.target_scale == self.scale else pair.y * self.target_scale
-        self._check_finite(torch.isfinite(x).all() & torch.isfinite(target).all(), step, "batch")
+        finite = torch.isfinite(x).all()
+        if target is not x:  # an SAE's target is its input: one pass over it is enough
+            finite = finite & torch.isfinite(target).all()
+        self._check_finite(finite, step, "batch")
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(step) * group.get("lr_scale", 1.0)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):

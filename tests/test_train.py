@@ -124,6 +124,37 @@ def test_activation_scale_is_folded_into_the_weights(toy_x):
     assert metrics["explained_variance"] > 0.7
 
 
+@pytest.mark.parametrize("transcoder", [False, True])
+def test_b_dec_starts_at_the_mean_of_the_scaled_targets(transcoder):
+    """Every coordinate of b_dec starts at its own mean (in the trainer's scaled units),
+    not at one number broadcast into all of them."""
+    from saekit.training.trainer import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    offset = torch.linspace(-40.0, 90.0, 12)  # a mean far from 0 and different in every coordinate
+    x = torch.randn(4096, 12, generator=g) * 3 + offset
+    y = torch.randn(4096, 12, generator=g) * 2 - offset.flip(0)
+    sae = saekit.create("topk", d_in=12, d_sae=24, k=2, transcoder=transcoder)
+    trainer = Trainer(
+        sae,
+        (x, y) if transcoder else x,
+        steps=1,
+        batch_size=1024,
+        normalization_tokens=4096,
+        progress=False,
+        device="cpu",
+    )
+    target, scale = (y, trainer.target_scale) if transcoder else (x, trainer.scale)
+    assert scale == pytest.approx(12**0.5 / float(target.norm(dim=1).mean()), rel=0.05)
+    torch.testing.assert_close(sae.b_dec.detach(), target.mean(0) * scale, rtol=0.02, atol=0.02 * scale)
+
+
+def test_init_b_dec_refuses_a_sample_in_place_of_its_mean():
+    sae = saekit.create("topk", d_in=4, d_sae=8, k=1)
+    with pytest.raises(ValueError, match="mean vector of shape"):
+        sae.init_b_dec(torch.ones(10, 4))
+
+
 @pytest.mark.parametrize(
     "arch, options",
     [

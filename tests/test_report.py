@@ -10,6 +10,7 @@ DOM text, and save screenshots of the overview and of a feature page.
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import shutil
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from test_interpret import toy_corpus, toy_model, toy_sae
 
 from saekit.evaluation.splice import evaluate_in_model
@@ -206,6 +208,12 @@ def assert_real_png(path: Path, width: int) -> None:
     assert colours > 20, f"{path} looks blank ({colours} colours)"
 
 
+def read_shard(path: Path) -> dict:
+    """The data a shard file passes to saekitShard(index, data)."""
+    text = path.read_text()
+    return json.loads(text[text.index(", ", text.index("saekitShard(")) + 2 : text.rindex(");")])
+
+
 # ---- the toy report -------------------------------------------------------------------------
 
 
@@ -284,13 +292,16 @@ def test_dashboard_renders_in_chromium_without_errors(toy_report, browser, tmp_p
     page.goto((index.parent / "feature.html").as_uri() + "#0")
     page.wait_until("document.querySelector('#feature h1')?.textContent === 'Feature 0'")
     text = page.text()
-    for expected in ("Top activations", "Random firings", "Promotes", "Suppresses", "firing frequency"):
+    for expected in ("Top activations", "activation quantile", "Promotes", "Suppresses", "firing frequency"):
         assert expected.lower() in text.lower(), expected  # headings are upper-cased by CSS
     assert SCRIPT in text
     centres = page.evaluate(
         "[...document.querySelectorAll('.ctx span.centre')].map(s => [s.textContent, s.title, s.style.backgroundColor])"
     )
-    assert len(centres) == len(stats.top.of(0)) + len(stats.random.of(0))
+    # The top examples, then the quantile groups of top ∪ random (feature 0 fired 4 times:
+    # its 2 random examples are among its 4 top ones, each shown once in the groups).
+    kept = {(e.context, e.position) for e in stats.top.of(0) + stats.random.of(0)}
+    assert len(kept) == 4 and len(centres) == len(stats.top.of(0)) + len(kept)
     assert all(
         text == SCRIPT and "activation 1.5" in title and "255, 120, 20" in colour for text, title, colour in centres
     )
@@ -340,7 +351,7 @@ def test_report_without_metrics_or_tokenizer_and_a_subset_of_features(toy_report
     assert not (tmp_path / "plots" / "loss_comparison.png").exists()
     shard = (tmp_path / "data" / "shard-0000.js").read_text()
     assert "\\u27e85\\u27e9" in shard or "⟨5⟩" in shard  # tokens shown by id
-    assert '"2"' not in shard.split('"vocab"')[0]  # only features 0 and 1
+    assert sorted(read_shard(tmp_path / "data" / "shard-0000.js")["features"]) == ["0", "1"]  # only features 0 and 1
 
 
 # ---- the embedded model, end to end -----------------------------------------------------------
@@ -383,10 +394,310 @@ def test_dashboard_of_smollm2_features(smollm2, browser, tmp_path):
     contexts = page.evaluate("[...document.querySelectorAll('.ctx')].map(c => c.textContent).join('\\n')")
     assert any(word in contexts for word in ("Juliet", "window", "sun", "moon", "script", "bold"))
     all_contexts = page.evaluate("[...document.querySelectorAll('.ctx')].length")
-    assert all_contexts == len(stats.top.of(busiest)) + len(stats.random.of(busiest))
+    kept = {(e.context, e.position) for e in stats.top.of(busiest) + stats.random.of(busiest)}
+    assert all_contexts == len(stats.top.of(busiest)) + len(kept)  # top, then the quantile groups of top ∪ random
     assert_real_png(page.screenshot(tmp_path / "smollm2-feature.png"), 1280)
     # Corpus text (which holds <script>, <b>) is text inside the contexts, never elements.
     assert page.evaluate("document.querySelectorAll('.ctx script, .ctx img, .ctx b').length") == 0
     assert page.evaluate("document.querySelectorAll('.ctx *').length") > 0  # the selector does reach the contexts
     assert page.problems() == []
     _keep_screenshots(tmp_path)
+
+
+# ---- dashboard parity: quantile groups, logit-weight histogram, neighbours, explanations, steering ----
+
+# Text from other stages that would run or render as markup if it were ever treated as HTML.
+EXPLAINED = "the token <script>window.__pwned=1</script> &amp; its <b>friends</b>"
+STEERED = "<script>window.__pwned=2</script> kings &amp; queens"
+
+
+def planted_sae():
+    """The toy SAE with feature 2 reading e_5 like feature 0: the two always fire together."""
+    sae = toy_sae()
+    with torch.no_grad():
+        sae.W_enc[:, 2] = torch.eye(sae.d_in)[5]
+        sae.b_enc[2] = 0.0
+    return sae
+
+
+def write_run_fixtures(run: Path) -> None:
+    """explanations.jsonl and steering.json in the fixed formats of the explain and steering stages."""
+    features = run / "features"
+    lines = [
+        {
+            "feature": 0,
+            "explanation": EXPLAINED,
+            "explainer": "local:test",
+            "detection": 0.9,
+            "fuzzing": 0.7,
+            "n_detection": 40,
+            "n_fuzzing": 40,
+            "settings": {},
+        },
+        {
+            "feature": 1,
+            "explanation": "image tags",
+            "explainer": "local:test",
+            "detection": 0.6,
+            "fuzzing": None,
+            "n_detection": 40,
+            "n_fuzzing": 0,
+            "settings": {},
+        },
+        {
+            "feature": 3,
+            "explanation": "every token",
+            "explainer": "local:test",
+            "detection": 0.5,
+            "fuzzing": 0.55,
+            "n_detection": 40,
+            "n_fuzzing": 40,
+            "settings": {},
+        },
+        {
+            "feature": 1,
+            "explanation": "image tags, explained again",
+            "explainer": "local:test",
+            "detection": 0.65,
+            "fuzzing": None,
+            "n_detection": 40,
+            "n_fuzzing": 0,
+            "settings": {},
+        },
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines) + '{"feature": 2, "explan'  # being written
+    (features / "explanations.jsonl").write_text(text)
+    steering = {
+        "hook": "layers.0.resid_pre",
+        "prompts": ["Once upon <b>a</b> time", "x &amp; y"],
+        "strengths": [4.0, 8.0],
+        "max_new_tokens": 8,
+        "unsteered": [" there was a", " z"],
+        "features": {
+            "0": [
+                {"prompt": 0, "strength": 8.0, "text": STEERED},
+                {"prompt": 0, "strength": 4.0, "text": " kings\n\n\n"},
+                {"prompt": 1, "strength": 4.0, "text": " w5\nw5"},
+            ]
+        },
+    }
+    (features / "steering.json").write_text(json.dumps(steering))
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    """A run folder as saekit lays it out: store/ (harvested from the toy model), features/
+    with the two fixture files, and the report written into RUN/report."""
+    from saekit.data.harvest import harvest
+
+    run = tmp_path_factory.mktemp("run")
+    (run / "saekit.json").write_text(json.dumps({"format": "saekit-folder", "version": 1, "kind": "run"}))
+    loaded, sae = toy_model(), planted_sae()
+    harvest(loaded, toy_corpus(), "layers.0.resid_pre", run / "store", dtype="float32", progress=False)
+    stats = collect_feature_stats(
+        sae, loaded, toy_corpus(), n_top=4, n_random=3, window=(2, 1), batch_contexts=2, progress=False
+    )
+    stats.save(run / "features")
+    write_run_fixtures(run)
+    index = write_report(run / "report", sae, stats, TOY_METRICS, ToyTokenizer(), loaded=loaded, shard_size=2)
+    return index, stats
+
+
+def test_parity_data_in_the_shards(planted_run):
+    index, stats = planted_run
+    data = read_shard(index.parent / "data" / "shard-0000.js")
+    f0 = data["features"]["0"]
+    # 27 stored tokens; feature 2 fires exactly where feature 0 does, feature 3 everywhere.
+    assert f0["co_firing"] == [[2, 1.0, 1.0], [3, float(f"{4 / 27:.4g}"), 1.0]] and f0["co_firing_count"] == 4
+    assert [n for n, _ in f0["decoder"]] and all(n != 0 for n, _ in f0["decoder"])
+    low, high, counts = f0["logit_hist"]
+    assert sum(counts) == 16 and counts[0] == 1 and counts[-1] == 1 and high > 0 > low
+    assert f0["explanation"]["text"] == EXPLAINED and f0["explanation"]["detection"] == 0.9
+    assert data["features"]["1"]["explanation"]["text"] == "image tags, explained again"  # the last line wins
+    assert [row[1] for row in f0["steering"]] == [4.0, 8.0, 4.0]  # by prompt, then strength
+    # The quantile groups cover top ∪ random of feature 3 once each, in order, inside their ranges.
+    f3 = read_shard(index.parent / "data" / "shard-0001.js")["features"]["3"]
+    pool = f3["top"] + f3["random"]
+    members = [i for g in f3["groups"] for i in g["members"]]
+    unique = {(e[1], e[2]) for e in pool}
+    assert len(members) == len(set(members)) == len(unique)
+    values = [pool[i][0] for i in members]
+    assert values == sorted(values, reverse=True)
+    for g in f3["groups"]:
+        assert all(g["range"][0] * (1 - 1e-3) <= pool[i][0] <= g["range"][1] * (1 + 1e-3) for i in g["members"])
+    assert [g["q"] for g in f3["groups"]][0] == [0.99, 1.0] and f3["groups"][-1]["q"] == [0.0, 0.5]
+    for path in index.parent.rglob("*.js"):  # other stages' text is data in the files too
+        assert "<script>window" not in path.read_text() and "<b>friends" not in path.read_text(), path
+
+
+@needs_chromium
+def test_parity_sections_in_chromium(planted_run, browser, tmp_path):
+    index, stats = planted_run
+    page = Page(browser)
+    page.goto((index.parent / "feature.html").as_uri() + "#0")
+    page.wait_until("document.querySelector('#feature h1')?.textContent === 'Feature 0'")
+    text = page.text()
+    # The explanation and its scores, exactly as written: text, not markup.
+    assert page.evaluate("document.querySelector('.explanation-text').textContent") == EXPLAINED
+    assert "0.90 (n = 40)" in text and "0.70 (n = 40)" in text and "local:test" in text
+    # Co-firing: feature 2 at 1.00 share and Jaccard, linked to its page; then feature 3.
+    rows = page.evaluate(
+        "[...document.querySelectorAll('.co-firing table.nb tr')].slice(1).map(tr => ["
+        "tr.querySelector('a')?.getAttribute('href'), "
+        "...[...tr.querySelectorAll('td.num')].map(td => td.textContent)])"
+    )
+    assert rows == [["feature.html#2", "1.00", "1.00"], ["feature.html#3", "1.00", "0.15"]]
+    assert page.evaluate("document.querySelectorAll('.decoder table.nb a').length") == 3
+    # The logit-weight histogram: 40 bars, three of them non-empty (tokens 5, 9, and the rest).
+    bars = page.evaluate(
+        "[...document.querySelectorAll('.logit-histogram rect.bar')].map(r => +r.getAttribute('height'))"
+    )
+    assert len(bars) == 40 and sum(h > 0 for h in bars) == 3
+    # Steering beside the unsteered continuation, corpus-like text shown as text.
+    steer = page.evaluate(
+        "[...document.querySelectorAll('.steering .steer-prompt')].map(b => ["
+        "b.querySelector('.prompt').textContent, [...b.querySelectorAll('tr')].map(tr => "
+        "[tr.querySelector('th').textContent, tr.querySelector('td').textContent])])"
+    )
+    assert steer == [
+        [
+            "Once upon <b>a</b> time",
+            [["unsteered", " there was a"], ["s = +4", " kings\u21b5\u21b5\u21b5\n"], ["s = +8", STEERED]],
+        ],
+        ["x &amp; y", [["unsteered", " z"], ["s = +4", " w5\u21b5\nw5"]]],
+    ]
+    # Quantile groups in the page: group heads from the top quantile down, examples in order.
+    heads = page.evaluate("[...document.querySelectorAll('.quantile-groups .group-head b')].map(b => b.textContent)")
+    assert heads == [
+        "quantile 0.99\u20131",
+        "quantile 0.9\u20130.99",
+        "quantile 0.75\u20130.9",
+        "quantile 0.5\u20130.75",
+        "quantile 0\u20130.5",
+    ]
+    assert (
+        page.evaluate("document.querySelectorAll('.explanation-text *, .steering .prompt *, .steering td *').length")
+        == 0
+    )
+    assert page.evaluate("document.querySelectorAll('#feature script').length") == 0
+    assert_real_png(page.screenshot(tmp_path / "feature-parity.png"), 1280)
+    # Following the co-firing link opens feature 2's page, which links back to 0.
+    page.evaluate("document.querySelector('.co-firing a').click(); true")
+    page.wait_until("document.querySelector('#feature h1')?.textContent === 'Feature 2'")
+    assert page.evaluate("document.querySelector('.co-firing a').getAttribute('href')") == "feature.html#0"
+    assert page.evaluate("document.querySelectorAll('.explanation, .steering').length") == 0  # optional parts
+    assert page.evaluate("window.__pwned === undefined")
+    assert page.problems() == []
+
+    # The index: explanation column, search by explanation text, sort by the scores.
+    page = Page(browser)
+    page.goto(index.as_uri())
+    page.wait_until("document.querySelectorAll('#feature-table tbody tr').length > 0")
+
+    def ids():
+        return page.evaluate("[...document.querySelectorAll('#feature-table tbody a')].map(a => a.textContent)")
+
+    def search(query):
+        page.evaluate(
+            f"(s => {{ s.value = {json.dumps(query)}; s.dispatchEvent(new Event('input')); }})"
+            "(document.getElementById('search')); true"
+        )
+
+    assert EXPLAINED in page.text()
+    search("explained again")
+    assert ids() == ["#1"]
+    search("&amp; its")
+    assert ids() == ["#0"]
+    search("")
+    page.evaluate("document.querySelector('th[data-key=detection]').click(); true")  # best first
+    assert ids() == ["#0", "#1", "#3", "#2"]  # feature 2 has no explanation: last
+    page.evaluate("document.querySelector('th[data-key=detection]').click(); true")  # worst first
+    assert ids() == ["#3", "#1", "#0", "#2"]  # still last
+    page.evaluate("document.querySelector('th[data-key=fuzzing]').click(); true")
+    assert ids() == ["#0", "#3", "#1", "#2"]  # feature 1 has no fuzzing score
+    assert_real_png(page.screenshot(tmp_path / "overview-parity.png"), 1280)
+    assert page.evaluate("window.__pwned === undefined")
+    assert page.problems() == []
+    _keep_screenshots(tmp_path)
+
+
+def test_damaged_fixture_files_are_refused_in_one_line(tmp_path):
+    from saekit._runtime.errors import DataError
+    from saekit.report.annotations import read_explanations, read_steering
+
+    path = tmp_path / "explanations.jsonl"
+    assert read_explanations(path, 4) == {} and read_steering(tmp_path / "steering.json", 4) is None
+    cases = [
+        ('{"feature": 1, "explanation": "a"}\nnot json\n{"feature": 2, "explanation": "b"}\n', "line 2, is not JSON"),
+        ('{"feature": 9, "explanation": "a"}\n', "feature 9 is not a feature id of this SAE"),
+        ('{"feature": 1, "explanation": "a", "detection": 1.5}\n', "detection must be a number in"),
+        ('{"feature": 1, "explanation": 3}\n', "explanation must be a string"),
+    ]
+    for text, message in cases:
+        path.write_text(text)
+        with pytest.raises(DataError, match=message) as error:
+            read_explanations(path, 4)
+        assert "\n" not in str(error.value) and "saekit explain" in str(error.value)
+    steering = tmp_path / "steering.json"
+    good = {"hook": "h", "prompts": ["p"], "strengths": [1.0], "max_new_tokens": 4, "unsteered": ["u"], "features": {}}
+    for change, message in [
+        ({"unsteered": []}, "one string per prompt"),
+        ({"features": {"7": []}}, "feature '7' is not a feature id"),
+        ({"features": {"1": [{"prompt": 3, "strength": 1.0, "text": "t"}]}}, "prompt index"),
+    ]:
+        steering.write_text(json.dumps({**good, **change}))
+        with pytest.raises(DataError, match=message):
+            read_steering(steering, 4)
+    steering.write_text("{")
+    with pytest.raises(DataError, match="not valid JSON"):
+        read_steering(steering, 4)
+
+
+def test_quantile_edges_and_groups_from_a_known_histogram():
+    from saekit.report.groups import quantile_at, quantile_groups, quantile_values
+
+    edges = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0], dtype=torch.float64)
+    counts = torch.tensor([10, 10, 10, 10])  # a quarter of the firings in each doubling
+    values = quantile_values(edges, counts, 15.0, (0.0, 0.5, 0.75, 0.9, 1.0))
+    assert values[:3] == [0.0, 4.0, 8.0] and values[4] == 15.0
+    assert math.isclose(values[3], 8 * 2**0.6)  # 0.9: 60% of the way through the last bin, log-linearly
+    for q in (0.1, 0.5, 0.62, 0.9):  # quantile_at is its inverse
+        assert math.isclose(quantile_at(edges, counts, quantile_values(edges, counts, 15.0, (q,))[0]), q)
+    examples = [(0, 14.0), (1, 1.5), (2, 9.0), (3, 8.0), (4, 3.0), (5, 12.5), (6, 0.5)]
+    groups = quantile_groups(examples, edges, counts, 15.0, (0.0, 0.5, 0.75, 0.9, 1.0))
+    assert [g["q"] for g in groups] == [[0.9, 1.0], [0.75, 0.9], [0.5, 0.75], [0.0, 0.5]]
+    assert [g["members"] for g in groups] == [[0, 5], [2, 3], [], [4, 1, 6]]  # 8.0 = v(0.75) opens its group
+    empty = quantile_groups([], edges, torch.zeros(4, dtype=torch.int64), 0.0)
+    assert all(g["members"] == [] and g["range"] == [0.0, 0.0] for g in empty)
+
+
+def test_a_damaged_explanations_file_stops_the_report_in_one_line(planted_run, tmp_path):
+    """The run's report stage reads RUN/features; a damaged file is named, with the fix."""
+    from saekit._runtime.errors import SaekitError
+
+    index, stats = planted_run
+    run = tmp_path / "run"
+    shutil.copytree(index.parent.parent, run, ignore=shutil.ignore_patterns("report"))
+    (run / "features" / "explanations.jsonl").write_text('{"feature": 0, "explanation": "a"}\n{oops}\n\n')
+    with pytest.raises(SaekitError, match=r"explanations.jsonl, line 2, is not JSON; run `saekit explain` again"):
+        write_report(run / "report", planted_sae(), stats, None, ToyTokenizer())
+    assert not (run / "report" / "index.html").exists()
+
+
+def test_co_firing_sample_and_what_is_left_out(planted_run, tmp_path):
+    from saekit.report.extras import gather_extras
+
+    index, _ = planted_run
+    run = index.parent.parent
+    sample = gather_extras(planted_sae(), range(4), run=run, co_firing_tokens=10)
+    assert sample.co_firing.n_tokens == 10 and sample.notes == [
+        "The logit-weight histograms need the model (the report was written without it)."
+    ]
+    other = planted_sae()
+    other.cfg.hook = "layers.0.resid_post"  # not what the store holds: no co-firing from it
+    mismatch = gather_extras(other, range(4), run=run)
+    assert mismatch.co_firing is None and "the store holds layers.0.resid_pre" in mismatch.notes[0]
+    (tmp_path / "features").mkdir()
+    bare = gather_extras(planted_sae(), range(4), run=tmp_path)
+    assert bare.co_firing is None and "does not have" in bare.notes[0]
+    assert bare.explanations == {} and bare.steering is None and bare.decoder is not None

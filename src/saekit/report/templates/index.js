@@ -9,13 +9,14 @@
   const rows = index.rows.map(function (r) {
     const row = {};
     columns.forEach(function (name, i) { row[name] = r[i]; });
-    row.text = row.top.concat(row.promoted).join("\u0000").toLowerCase();
+    row.text = row.top.concat(row.promoted, [row.explanation || ""]).join("\u0000").toLowerCase();
     return row;
   });
   const state = { query: "", hideDead: true, key: "id", descending: false, page: 0 };
   const body = document.querySelector("#feature-table tbody");
   const search = document.getElementById("search");
   const hideDead = document.getElementById("hide-dead");
+  const explained = index.explained > 0;
   const maxLogFrequency = Math.max.apply(null, rows.map(function (r) { return r.frequency; }).concat([1e-12]));
 
   function el(tag, className, text) {
@@ -56,7 +57,9 @@
     const query = state.query.trim().toLowerCase();
     let list = rows.filter(function (r) { return (!state.hideDead || r.count > 0) && matches(r, query); });
     list.sort(function (a, b) {
-      const d = a[state.key] - b[state.key] || a.id - b.id;
+      const x = a[state.key], y = b[state.key];
+      if (x === null || y === null) return x === y ? a.id - b.id : (x === null ? 1 : -1); // unscored last, by id
+      const d = x - y || a.id - b.id;
       return state.descending ? -d : d;
     });
     const pages = Math.max(1, Math.ceil(list.length / PAGE));
@@ -84,6 +87,11 @@
       const up = el("td");
       up.appendChild(chips(r.promoted, "up"));
       tr.appendChild(up);
+      if (explained) {
+        tr.appendChild(el("td", "explanation", r.explanation === null ? "" : r.explanation));
+        tr.appendChild(el("td", "num score", r.detection === null ? "\u2013" : r.detection.toFixed(2)));
+        tr.appendChild(el("td", "num score", r.fuzzing === null ? "\u2013" : r.fuzzing.toFixed(2)));
+      }
       body.appendChild(tr);
     });
     document.getElementById("match-count").textContent =

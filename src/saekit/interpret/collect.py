@@ -179,3 +179,53 @@ def _log_edges(hist_range: tuple[float, float], bins_per_decade: int) -> Tensor:
         raise ValueError(f"hist_range must be (lo, hi) with 0 < lo < hi, got {hist_range}.")
     n_bins = max(1, math.ceil(round(math.log10(hi / lo) * bins_per_decade, 9)))
     return torch.logspace(math.log10(lo), math.log10(lo) + n_bins / bins_per_decade, n_bins + 1, dtype=torch.float64)
+
+
+@torch.no_grad()
+def collect_firings(
+    sae: SparseAutoencoder,
+    activations,
+    features: list[int],
+    *,
+    max_tokens: int | None = None,
+    batch_rows: int = 4096,
+    progress: bool = True,
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """Every firing of the chosen ``features`` over the leading rows of ``activations``.
+
+    ``activations``: anything indexable by row slices into [rows, d_in] tensors, e.g. an
+    activation store's ``.activations`` (the rows its SAE was trained on). Returns, per
+    feature, (rows int64, values float32) of the rows where f_i > 0, in row order: every
+    other row of the scanned range is a row where the feature does not fire. Memory holds
+    the firings only (Σ_i count_i), one batch of the full encoding at a time.
+    """
+    n_rows = len(activations) if max_tokens is None else min(len(activations), max_tokens)
+    device = sae.W_dec.device
+    chosen = torch.tensor(features, dtype=torch.int64, device=device)
+    found_rows: list[Tensor] = []
+    found_features: list[Tensor] = []
+    found_values: list[Tensor] = []
+    was_training = sae.training
+    sae.eval()
+    from tqdm.auto import tqdm
+
+    try:
+        with tqdm(total=n_rows, desc="encoding", unit="tok", unit_scale=True, disable=not progress) as bar:
+            for begin in range(0, n_rows, batch_rows):
+                end = min(begin + batch_rows, n_rows)
+                f = sae.encode(activations[begin:end].to(device, torch.float32))[:, chosen]  # [rows, n_chosen]
+                row, column = (f > 0).nonzero(as_tuple=True)
+                found_rows.append((row + begin).cpu())
+                found_features.append(column.cpu())
+                found_values.append(f[row, column].float().cpu())
+                bar.update(end - begin)
+    finally:
+        sae.train(was_training)
+    rows = torch.cat(found_rows) if found_rows else torch.zeros(0, dtype=torch.int64)
+    columns = torch.cat(found_features) if found_features else torch.zeros(0, dtype=torch.int64)
+    values = torch.cat(found_values) if found_values else torch.zeros(0)
+    out = {}
+    for j, feature in enumerate(features):
+        keep = columns == j
+        out[feature] = (rows[keep], values[keep])  # rows ascending: batches in order, nonzero row-major
+    return out

@@ -7,7 +7,9 @@
     RUN/train/             checkpoint and train_log.jsonl while training
     RUN/sae/               the trained SAE (cfg.json + sae_weights.safetensors)
     RUN/metrics.json       evaluation on held-out text, the SAE spliced into the model
-    RUN/features/          per-feature statistics (top contexts, logit effects)
+    RUN/features/          per-feature statistics (top contexts, logit effects), and
+                           steering.json: steered continuations of the top features
+                           (the optional steer stage, [steer] in the config)
     RUN/report/index.html  the dashboard
 
 The folder follows saekit's folder contract (_runtime/folder.py): locked while a run
@@ -31,8 +33,15 @@ from .._runtime.errors import ConfigValueError, FolderError
 from .._runtime.folder import OutputFolder
 from .config import RunConfig
 
-STAGES = ("harvest", "train", "evaluate", "interpret", "report")
-OUTPUTS = {"harvest": "store", "train": "sae", "evaluate": "metrics.json", "interpret": "features", "report": "report"}
+STAGES = ("harvest", "train", "evaluate", "interpret", "steer", "report")
+OUTPUTS = {
+    "harvest": "store",
+    "train": "sae",
+    "evaluate": "metrics.json",
+    "interpret": "features",
+    "steer": "features/steering.json",
+    "report": "report",
+}
 KIND = "run"
 
 
@@ -198,6 +207,50 @@ class Run:
         )
         stats.save(self._output("features"))
 
+    def steer(self) -> None:
+        """Steered continuations of the top features (interpret/steering_table.py)."""
+        from ..interpret import FeatureStats
+        from ..interpret.steering_table import steering_table, top_features
+
+        s = self.config.steer
+        stats = FeatureStats.load(self.features_path)
+        table = steering_table(
+            self.model,
+            self.load_sae(),
+            stats,
+            features=top_features(stats, s.features),
+            prompts=s.prompts,
+            strengths=s.strengths,
+            max_new_tokens=s.max_new_tokens,
+        )
+        atomic_write_json(self._output(OUTPUTS["steer"]), table)
+
+    def steering_current(self) -> bool:
+        """Whether steering.json holds what today's [steer] settings would make (it records
+        its prompts, strengths, length and features; other settings redo it)."""
+        import json
+
+        from ..interpret import FeatureStats
+        from ..interpret.steering_table import matches, top_features
+
+        path = self.folder / OUTPUTS["steer"]
+        if not path.is_file() or not (self.features_path / "feature_stats.safetensors").is_file():
+            return False
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        s, hook = self.config.steer, self.config.model.hook_out or self.config.model.hook
+        features = top_features(FeatureStats.load(self.features_path), s.features)
+        return matches(
+            saved,
+            hook=hook,
+            features=features,
+            prompts=s.prompts,
+            strengths=s.strengths,
+            max_new_tokens=s.max_new_tokens,
+        )
+
     def report(self) -> None:
         from ..evaluation.splice import read_metrics
         from ..interpret import FeatureStats
@@ -212,6 +265,7 @@ class Run:
             metrics,
             self.model.tokenizer,
             n_features=self.config.interpret.n_features,
+            loaded=self.model,
         )
 
     # ---- helpers --------------------------------------------------------------------
@@ -232,9 +286,15 @@ class Run:
     def done(self, stage: str) -> bool:
         """A stage is done when saekit recorded its output as finished (outputs are
         written atomically, so a recorded one is complete)."""
+        if stage == "steer" and not self.steering_current():
+            return False
         if self.output_folder is not None:
             return self.output_folder.has(OUTPUTS[stage])
         return (self.folder / OUTPUTS[stage]).exists()
+
+    def wanted(self, stage: str) -> bool:
+        """Whether the config asks for this stage (the steer stage can be turned off)."""
+        return stage != "steer" or self.config.steer.enabled
 
     def _loggers(self) -> list[Callable]:
         from ..training.loggers import tensorboard_logger, wandb_logger
@@ -342,6 +402,9 @@ def run_pipeline(
 
 def run_stages(run: Run, stages: tuple[str, ...], *, force: bool = False) -> None:
     for stage in stages:
+        if not run.wanted(stage):
+            say(f"{stage}: off in the config, skipped")
+            continue
         if run.done(stage) and not force:
             say(f"{stage}: done already, skipped")
             continue

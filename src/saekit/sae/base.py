@@ -112,6 +112,8 @@ class SparseAutoencoder(nn.Module):
     """The fields of OPTION_FIELDS this architecture uses."""
     unit_norm_decoder: ClassVar[bool] = True
     """Whether decoder rows are held at unit norm during training."""
+    encoder_init_scale: ClassVar[float] = 1.0
+    """An SAE's encoder starts as this multiple of the decoder's transpose."""
     sparse_below: float = 0.04
     """Architectures with a sparse training path (relu, gated, jumprelu) take it on CPU once
     the last training batch had fewer than this share of its [batch, d_sae] entries active:
@@ -134,7 +136,7 @@ class SparseAutoencoder(nn.Module):
             W_enc = torch.randn(d_in, d_sae, generator=generator)
             self.W_enc = nn.Parameter(W_enc / W_enc.norm(dim=0, keepdim=True))
         else:
-            self.W_enc = nn.Parameter(W_dec.t().clone())
+            self.W_enc = nn.Parameter(W_dec.t() * self.encoder_init_scale)
         self.b_dec = nn.Parameter(torch.zeros(d_out))
         if cfg.transcoder == "skip":
             self.W_skip = nn.Parameter(torch.zeros(d_out, d_in))

@@ -100,11 +100,21 @@ def activations(cfg: BenchConfig) -> Tensor:
 # ---- SAELens -------------------------------------------------------------------------
 
 
-def saelens(arch: str, *, autocast: bool = False, sparse: bool = False) -> Callable[[BenchConfig], StepFn]:
+def saelens(
+    arch: str,
+    *,
+    autocast: bool = False,
+    sparse: bool = False,
+    sae_options: dict | None = None,
+    trainer_options: dict | None = None,
+) -> Callable[[BenchConfig], StepFn]:
     """SAELens's TrainingSAE for ``arch`` stepped by its own SAETrainer.step: scaler,
     training_forward_pass, dead-feature counters, backward, grad-norm clip at 1, Adam,
     LR and coefficient schedulers. ``autocast``: its bf16 autocast; ``sparse``: topk's
-    use_sparse_activations (COO activations, torch.sparse.mm decode)."""
+    use_sparse_activations (COO activations, torch.sparse.mm decode). ``sae_options`` and
+    ``trainer_options`` override fields of its SAE config and SAETrainerConfig (a
+    coefficient; total_training_samples, lr, ...). The step is the bound
+    ``SAETrainer.step``: ``step.__self__`` is the trainer, ``.sae`` its SAE."""
 
     def build(cfg: BenchConfig) -> StepFn:
         from sae_lens.config import SAETrainerConfig
@@ -120,11 +130,13 @@ def saelens(arch: str, *, autocast: bool = False, sparse: bool = False) -> Calla
             # rescale_acts_by_decoder_norm=True its backward fails on CPU ("aten::view"
             # has no SparseCPU kernel), so the sparse row runs without the rescale.
             options.update(use_sparse_activations=True, rescale_acts_by_decoder_norm=False)
+        options.update(sae_options or {})
         sae_cfg = cfg_class(d_in=cfg.d_in, d_sae=cfg.d_sae, dtype="float32", device="cpu", **options)
         sae = sae_class(sae_cfg)
+        trainer_kwargs = {"total_training_samples": 10**9, "lr_end": 3e-5, **(trainer_options or {})}
         trainer_cfg = SAETrainerConfig(
-            total_training_samples=10**9, train_batch_size_samples=cfg.batch, device="cpu", autocast=autocast,
-            lr_end=3e-5,  # LanguageModelSAERunnerConfig's default, lr / 10; the trainer asserts it is set
+            train_batch_size_samples=cfg.batch, device="cpu", autocast=autocast,
+            **trainer_kwargs,  # lr_end: LanguageModelSAERunnerConfig's default, lr / 10; the trainer asserts it is set
         )  # fmt: skip
         trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=iter(()))
         return trainer.step
@@ -151,14 +163,19 @@ def transcoder_target(x: Tensor) -> Tensor:
     return x.flip(-1)
 
 
-def sparsify_topk(optimizer: str = "adam", transcode: str | None = None) -> Callable[[BenchConfig], StepFn]:
+def sparsify_topk(
+    optimizer: str = "adam", transcode: str | None = None, *, lr: float | None = None, warmup_steps: int = 1000
+) -> Callable[[BenchConfig], StepFn]:
     """sparsify's SparseCoder (fused encoder, embedding-bag decoder) with the per-step body
     of sparsify.Trainer.fit for loss_fn="fvu": renormalise W_dec, forward with the batch's
     total variance, FVU loss, backward, remove the gradient parallel to the decoder rows,
     optimiser and scheduler step, dead-feature counters. ``optimizer``: "adam" (with the
     trainer's LR rule and linear warm-up) or "signum" (sparsify's default, schedule-free SignSGD).
     ``transcode``: "plain" (transcode=True) or "skip" (with skip_connection), predicting
-    transcoder_target(x) from x."""
+    transcoder_target(x) from x. ``lr``: the learning rate (default: the trainer's rule for
+    the optimiser, which scales with 1/√num_latents); ``warmup_steps``: Adam's linear
+    warm-up (sparsify's lr_warmup_steps, 1000; 0: none). The step function carries the
+    coder and optimiser as ``step.sae`` and ``step.optimizer``."""
 
     def build(cfg: BenchConfig) -> StepFn:
         from sparsify import SparseCoder, SparseCoderConfig
@@ -170,14 +187,14 @@ def sparsify_topk(optimizer: str = "adam", transcode: str | None = None) -> Call
         if optimizer == "adam":
             from transformers import get_linear_schedule_with_warmup
 
-            opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / (sae.num_latents / 2**14) ** 0.5)
-            schedulers = [get_linear_schedule_with_warmup(opt, 1000, 10**6)]
+            opt = torch.optim.Adam(sae.parameters(), lr=lr or 2e-4 / (sae.num_latents / 2**14) ** 0.5)
+            schedulers = [get_linear_schedule_with_warmup(opt, warmup_steps, 10**6)] if warmup_steps else []
         else:
             from schedulefree import ScheduleFreeWrapper
             from sparsify.sign_sgd import SignSGD
 
             opt = ScheduleFreeWrapper(
-                SignSGD(sae.parameters(), lr=5e-3 / (sae.num_latents / 2**14) ** 0.5), momentum=0.95
+                SignSGD(sae.parameters(), lr=lr or 5e-3 / (sae.num_latents / 2**14) ** 0.5), momentum=0.95
             )
             opt.train()
             schedulers = []
@@ -208,6 +225,7 @@ def sparsify_topk(optimizer: str = "adam", transcode: str | None = None) -> Call
                 did_fire.zero_()
             return loss
 
+        step.sae, step.optimizer = sae, opt
         return step
 
     return build
@@ -226,9 +244,11 @@ _DICTIONARY_LEARNING_TRAINERS = {
 }
 
 
-def dictionary_learning(arch: str) -> Callable[[BenchConfig], StepFn]:
+def dictionary_learning(arch: str, trainer_options: dict | None = None) -> Callable[[BenchConfig], StepFn]:
     """dictionary_learning's trainer for ``arch``, stepped by its own ``update(step, x)``
-    (what dictionary_learning.training.trainSAE calls; on CPU it applies no autocast)."""
+    (what dictionary_learning.training.trainSAE calls; on CPU it applies no autocast).
+    ``trainer_options`` override its constructor's arguments (steps, lr, warmup_steps, a
+    penalty, ...); the step function carries the trainer as ``step.trainer``."""
 
     def build(cfg: BenchConfig) -> StepFn:
         import dictionary_learning.trainers as trainers
@@ -240,12 +260,16 @@ def dictionary_learning(arch: str) -> Callable[[BenchConfig], StepFn]:
         options = {"k": cfg.k} if arch in ("topk", "batchtopk", "matryoshka_batchtopk") else {}
         if arch == "matryoshka_batchtopk":
             options["group_fractions"] = list(MATRYOSHKA_FRACTIONS)
-        trainer = trainer_class(
-            steps=10**6, activation_dim=cfg.d_in, dict_size=cfg.d_sae, layer=0, lm_name="bench",
-            device="cpu", seed=cfg.seed, **options,
-        )  # fmt: skip
+        kwargs = {"steps": 10**6, "layer": 0, "lm_name": "bench", "seed": cfg.seed, **options}
+        kwargs.update(trainer_options or {})
+        trainer = trainer_class(activation_dim=cfg.d_in, dict_size=cfg.d_sae, device="cpu", **kwargs)
         counter = iter(range(10**9))
-        return lambda x: trainer.update(next(counter), x)
+
+        def step(x: Tensor) -> object:
+            return trainer.update(next(counter), x)
+
+        step.trainer = trainer
+        return step
 
     return build
 

@@ -423,6 +423,15 @@ def cmd_explain(args: argparse.Namespace) -> None:
                 f"(chance 0.5; {unparsed} of {total} answers unreadable, counted wrong)"
             )
     say(f"explanations: {Path(args.run) / 'features' / EXPLANATIONS_FILE}")
+    if (Path(args.run) / "report").is_dir():  # the dashboard shows them: rebuild its pages
+        from .pipeline import open_run, run_stages
+
+        run = open_run(args.run, write=True)
+        try:
+            run_stages(run, ("report",), force=True)
+        finally:
+            run.output_folder.close()
+        say(f"dashboard, with the explanations: {run.report_path.resolve()}")
 
 
 def _feature_ids(text: str) -> list[int]:

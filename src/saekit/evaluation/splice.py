@@ -250,10 +250,9 @@ class _RunningMean:
         return (self.total / self.n).float()
 
 
-def _check_inputs(
-    sae: SparseAutoencoder, loaded: LoadedModel, hook: str | None, batch_contexts: int
-) -> tuple[str, str]:
-    """(the hook point the SAE reads, the one its output replaces: the same for an SAE)."""
+def hook_points(sae: SparseAutoencoder, loaded: LoadedModel, hook: str | None = None) -> tuple[str, str]:
+    """(the hook point the SAE reads, the one its output replaces: the same for an SAE),
+    resolved in ``loaded``; refuses an SAE whose width is not the model's."""
     hook = hook or sae.cfg.hook
     if hook is None:
         raise UsageError(
@@ -262,10 +261,18 @@ def _check_inputs(
     hook = str(resolve_hook(loaded, hook))
     hook_out = str(resolve_hook(loaded, sae.cfg.hook_out)) if sae.cfg.hook_out else hook
     if sae.d_in != loaded.d_model:
-        raise ValueError(
+        raise UsageError(
             f"the SAE reads d_in={sae.d_in} but {loaded.name} has d_model={loaded.d_model}; "
-            "evaluate it with the model it was trained on."
+            "use it with the model it was trained on."
         )
+    return hook, hook_out
+
+
+def _check_inputs(
+    sae: SparseAutoencoder, loaded: LoadedModel, hook: str | None, batch_contexts: int
+) -> tuple[str, str]:
+    """hook_points, a warning when the model is not the SAE's, and batch_contexts ≥ 1."""
+    hook, hook_out = hook_points(sae, loaded, hook)
     if sae.cfg.model and sae.cfg.model != loaded.name:
         warnings.warn(f"the SAE was trained on {sae.cfg.model!r} but is evaluated in {loaded.name!r}.", stacklevel=3)
     if batch_contexts < 1:

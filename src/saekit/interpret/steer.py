@@ -40,7 +40,8 @@ import torch
 from torch import Tensor
 
 from .._runtime.errors import UsageError
-from ..data.model import LoadedModel, resolve_hook, splice_from
+from ..data.model import LoadedModel, splice_from
+from ..evaluation.splice import hook_points
 from ..sae.base import SparseAutoencoder
 
 # ---- a feature's direction and units ------------------------------------------------------
@@ -90,17 +91,7 @@ def strength_unit(sae: SparseAutoencoder, max_activation: Tensor, feature: int) 
 
 def _hooks(loaded: LoadedModel, sae: SparseAutoencoder, hook: str | None) -> tuple[str, str]:
     """(the hook point the SAE reads, the one where its edits are written)."""
-    read = hook or sae.cfg.hook
-    if read is None:
-        raise UsageError("the SAE's cfg.json names no hook point; pass hook=, e.g. 'layers.15.resid_post'.")
-    read = str(resolve_hook(loaded, read))
-    write = str(resolve_hook(loaded, sae.cfg.hook_out)) if sae.cfg.hook_out else read
-    if sae.d_in != loaded.d_model:
-        raise UsageError(
-            f"the SAE reads d_in={sae.d_in} but {loaded.name} has d_model={loaded.d_model}; "
-            "use the model the SAE was trained on."
-        )
-    return read, write
+    return hook_points(sae, loaded, hook)
 
 
 def _edit_function(

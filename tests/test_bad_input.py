@@ -80,7 +80,7 @@ TRAIN = ["train", "--steps", "3", "--batch-size", "32", "--normalization-tokens"
 
 # ---- command-line flags ----------------------------------------------------------------------
 FLAG_CASES = {
-    "negative lr": (["--lr", "-1e-3"], ["--lr", "must be a number > 0", "'-1e-3'", "for example --lr 0.0004"]),
+    "negative lr": (["--lr", "-1e-3"], ["--lr", "must be a number > 0", "'-1e-3'", "for example --lr auto"]),
     "lr not a number": (["--lr", "fast"], ["--lr", "must be a number > 0", "'fast'"]),
     "unknown device": (["--device", "tpu9"], ["--device", "cpu, cuda, cuda:N or mps", "'tpu9'"]),
     "one adam beta": (["--adam-betas", "0.9"], ["--adam-betas", "2 values separated by a comma", "0.9,0.999"]),
@@ -412,8 +412,8 @@ def test_no_traceback_across_the_process_boundary(tmp_path, store):
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
-        "saekit train: error: argument --lr: must be a number > 0, got '-1e-3' (for example --lr 0.0004) "
-        "(see saekit train --help)"
+        "saekit train: error: argument --lr: must be a number > 0 or one of 'auto', got '-1e-3' "
+        "(for example --lr auto) (see saekit train --help)"
     ]
 
 

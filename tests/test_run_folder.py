@@ -53,7 +53,7 @@ def test_a_rerun_with_changed_options_is_refused_with_the_difference(tmp_path, c
     assert code == 0 and same(before, weights(out / "sae"))
     code, err = train(capsys, store, out, "--k", "8", "--lr", "0.01")
     assert code == 2 and len(err.strip().splitlines()) == 1
-    for fragment in ("other settings", "sae.k: 4 -> 8", "train.lr: 0.0004 -> 0.01", "another --out", "--overwrite"):
+    for fragment in ("other settings", "sae.k: 4 -> 8", 'train.lr: "auto" -> 0.01', "another --out", "--overwrite"):
         assert fragment in err, err
     assert same(before, weights(out / "sae"))  # nothing was touched
     code, err = train(capsys, store, out, "--k", "8", "--lr", "0.01", "--overwrite")
@@ -175,4 +175,4 @@ def test_one_seed_one_sae_from_train_run_and_sweep(tmp_path, capsys):
     assert not same(from_run, weights(tmp_path / "t2" / "sae"))
     # and a rerun of the run with another option is refused, showing it
     assert main(["run", "--out", str(run), *small, "--train.lr", "0.01"]) == 2
-    assert "train.lr: 0.0004 -> 0.01" in capsys.readouterr().err
+    assert 'train.lr: "auto" -> 0.01' in capsys.readouterr().err

@@ -101,6 +101,31 @@ def test_schedules():
         TrainConfig(lr=-1)
 
 
+def test_auto_learning_rate_and_clip_come_from_the_architecture(toy_x, tmp_path):
+    """lr and grad_clip "auto" (the defaults) take the SAE's recommendations — TopK family
+    1.5e-3·√(4608 / d_sae) without clipping, penalised architectures 4e-4 clipped at 1 —
+    given values are kept, and a run folder records the values it trained with."""
+    from saekit.training.trainer import Trainer
+
+    cases = [
+        (saekit.create("topk", d_in=16, d_sae=1152, k=2), {}, 3e-3, None),
+        (saekit.create("batchtopk", d_in=16, d_sae=4608, k=2), {}, 1.5e-3, None),
+        (saekit.create("relu", d_in=16, d_sae=64, l1_coefficient=1.0), {}, 4e-4, 1.0),
+        (saekit.create("jumprelu", d_in=16, d_sae=64, target_l0=2), {"lr": 1e-2, "grad_clip": 0.5}, 1e-2, 0.5),
+        (saekit.create("topk", d_in=16, d_sae=64, k=2), {"grad_clip": None}, 1.5e-3 * 72**0.5, None),
+    ]
+    for sae, options, lr, clip in cases:
+        trainer = Trainer(sae, toy_x, steps=2, batch_size=64, progress=False, **options)
+        assert trainer.cfg.lr == pytest.approx(lr) and trainer.cfg.grad_clip == clip, sae.arch
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+        trainer.close()
+    options = dict(steps=2, batch_size=64, progress=False)
+    relu = dict(d_in=16, d_sae=64, l1_coefficient=1.0)
+    saekit.train(saekit.create("relu", **relu), toy_x, out=tmp_path, **options)
+    with pytest.raises(FolderError, match="train.lr: 0.0004 -> 0.001"):
+        saekit.train(saekit.create("relu", **relu), toy_x, out=tmp_path, **options, lr=1e-3)
+
+
 def test_wrong_width_is_a_clear_error(toy_x):
     with pytest.raises(ValueError, match="d_in=16 but the SAE was made for d_in=20"):
         saekit.train(saekit.create("topk", d_in=20, d_sae=32, k=2), toy_x, steps=1, progress=False)
@@ -244,3 +269,26 @@ def test_the_trainer_takes_the_sparse_path_when_few_features_fire(toy_x, monkeyp
     dense = saekit.train(dense, toy_x, **options).sae
     quality = [saekit.evaluate(sae, toy_x)["explained_variance"] for sae in (result.sae, dense)]
     assert quality[0] == pytest.approx(quality[1], abs=0.005)
+
+
+def test_a_step_leaves_no_autograd_graph_behind(toy_x):
+    """The optimiser-step hooks run without autograd: a gradient that carried a graph would
+    keep every step's graph alive (a leak of a decoder's size per step)."""
+    import gc
+
+    from saekit.training.trainer import Trainer
+
+    for sae in (
+        saekit.create("topk", d_in=16, d_sae=64, k=2),
+        saekit.create("relu", d_in=16, d_sae=64, l1_coefficient=1),
+    ):
+        trainer = Trainer(sae, toy_x, steps=40, batch_size=64, progress=False, precision="float32")
+        counts = []
+        for i in range(30):
+            trainer.step(toy_x[(i % 8) * 64 : (i % 8 + 1) * 64])
+            assert all(p.grad is None or p.grad.grad_fn is None for p in sae.parameters()), sae.arch
+            if i in (9, 29):
+                gc.collect()
+                counts.append(sum(1 for o in gc.get_objects() if torch.is_tensor(o) and o.requires_grad))
+        assert counts[0] == counts[1], (sae.arch, counts)
+        trainer.close()

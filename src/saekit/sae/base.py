@@ -114,6 +114,12 @@ class SparseAutoencoder(nn.Module):
     """Whether decoder rows are held at unit norm during training."""
     encoder_init_scale: ClassVar[float] = 1.0
     """An SAE's encoder starts as this multiple of the decoder's transpose."""
+    default_lr: ClassVar[float] = 4e-4
+    """The trainer's peak Adam learning rate when none is given (TrainConfig.lr "auto"; see
+    ``recommended_lr``)."""
+    default_grad_clip: ClassVar[float | None] = 1.0
+    """The trainer's global gradient-norm clip when none is given (TrainConfig.grad_clip
+    "auto"); None: no clipping."""
     sparse_below: float = 0.04
     """Architectures with a sparse training path (relu, gated, jumprelu) take it on CPU once
     the last training batch had fewer than this share of its [batch, d_sae] entries active:
@@ -338,6 +344,10 @@ class SparseAutoencoder(nn.Module):
         """Parameter groups for the optimiser; a group's ``lr_scale`` multiplies the
         trainer's learning rate for its parameters (1 when absent)."""
         return [{"params": list(self.parameters())}]
+
+    def recommended_lr(self) -> float:
+        """The learning rate TrainConfig.lr "auto" trains this SAE with: ``default_lr``."""
+        return self.default_lr
 
     # ---- hooks the trainer calls around each optimiser step -------------------------------
     @torch.no_grad()

@@ -4,7 +4,7 @@ schedules as functions of the step alone (so that a resumed run is exact)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from .._runtime.parsing import (
@@ -25,8 +25,9 @@ class TrainConfig:
     """Optimiser steps; each reads one global batch."""
     batch_size: PositiveInt = 4096
     """Tokens per step, summed over all ranks."""
-    lr: PositiveFloat = 4e-4
-    """Peak Adam learning rate."""
+    lr: PositiveFloat | Literal["auto"] = "auto"
+    """Peak Adam learning rate; "auto": the SAE's ``recommended_lr()`` — for the TopK family
+    1.5e-3·√(4608 / d_sae), for the penalised architectures 4e-4 (sae/topk.py says why)."""
     lr_warmup_fraction: Fraction = 0.02
     """Fraction of the steps over which the learning rate rises linearly from 0."""
     lr_decay: Literal["linear", "cosine", "none"] = "linear"
@@ -37,8 +38,10 @@ class TrainConfig:
     """Fraction of the steps over which the sparsity coefficient rises linearly from 0."""
     adam_betas: Betas = (0.9, 0.999)
     """Adam's (β1, β2), each in [0, 1); on the command line 0.9,0.999."""
-    grad_clip: PositiveFloat | None = 1.0
-    """Clip the global gradient norm to this value; none turns clipping off."""
+    grad_clip: PositiveFloat | Literal["auto"] | None = "auto"
+    """Clip the global gradient norm to this value; none turns clipping off; "auto": the
+    architecture's (its class's ``default_grad_clip``: off for the TopK family, 1.0 for the
+    penalised ones; sae/topk.py says why)."""
     seed: NonNegativeInt = 0
     """Seeds the SAE's initial weights (saekit train, run and sweep build the SAE with it)
     and the order in which the data is read."""
@@ -73,6 +76,16 @@ class TrainConfig:
             for name, value in vars(self).items()
             if name not in skip
         }
+
+    def for_sae(self, sae) -> TrainConfig:
+        """This config with its "auto" fields set from the SAE's recommendations (lr:
+        ``sae.recommended_lr()``, grad_clip: its class's ``default_grad_clip``), so that a run
+        records, and compares, the values it trained with."""
+        return replace(
+            self,
+            lr=sae.recommended_lr() if self.lr == "auto" else self.lr,
+            grad_clip=sae.default_grad_clip if self.grad_clip == "auto" else self.grad_clip,
+        )
 
     # ---- schedules (functions of the step alone, so resume is exact) ------------------------
     def lr_at(self, step: int) -> float:

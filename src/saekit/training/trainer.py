@@ -141,7 +141,7 @@ class Trainer:
         **options: Any,
     ) -> None:
         self.loggers = list(loggers)
-        cfg = self.cfg = TrainConfig(**options)
+        cfg = self.cfg = TrainConfig(**options).for_sae(sae)
         source = self.source = as_source(data)
         check_fits(source, sae)
         ctx = self.ctx = ctx if ctx is not None else DistContext.current()

@@ -79,6 +79,15 @@ first contexts holding N train-mask tokens. The model is the store manifest's
     .venv-bench/bin/python benchmarks/quality_matched_tokens.py --store runs/demo/store \\
         --steps 300 --seeds 0 --only '^topk/' --setting shared --json topk300.json
 
+Equal wall time. ``--seconds S`` replaces the step budgets: each row first times 12 of its
+library's own steps (a run thrown away), then trains for as many steps as fit in S seconds
+at that pace, with its schedules set for that length (saekit's defaults decay the lr over
+the last fifth of the steps it will make, as a user who knows the budget would set them).
+The table's "steps" then differ by library and "train s" shows the time each took.
+
+    .venv-bench/bin/python benchmarks/quality_matched_tokens.py --store runs/demo/store \
+        --seconds 120 --seeds 0 --only '^topk/' --setting defaults
+
 Everything runs in one process, one configuration after another, memory freed between
 them. A row's "train s" is the wall time of its training steps alone.
 """
@@ -534,6 +543,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="", help="regular expression on row names ARCH/LIBRARY, e.g. '^topk/'")
     parser.add_argument("--setting", choices=("defaults", "shared", "both"), default="both")
     parser.add_argument("--steps", default="300,2000", help="training budgets, comma-separated")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="equal wall time instead: each row trains this long (see above)"
+    )
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--d-sae", type=int, default=4608)
@@ -551,6 +563,10 @@ def main(argv: list[str] | None = None) -> None:
     target = args.target_l0 if args.target_l0 is not None else float(args.k)
     settings = SETTINGS if args.setting == "both" else (args.setting,)
     budgets, seeds = _ints(args.steps), _ints(args.seeds)
+    if args.seconds is not None:
+        if not args.seconds > 0:
+            fail(f"--seconds {args.seconds:g}: give a training time > 0 per row.")
+        budgets = [0]  # each row's steps come from timing its own steps (steps_for)
     coefficients = parse_coefficients(args.coefficients)
     names = [(a, lib) for a in ARCHS for lib in libraries_for(a) if re.search(args.only, f"{a}/{lib}")]
     if not names:
@@ -600,6 +616,8 @@ def main(argv: list[str] | None = None) -> None:
                                 batch=args.batch, d_sae=args.d_sae, k=args.k, lr=args.lr, target_l0=target,
                                 coefficient=coefficient,
                             )  # fmt: skip
+                            if args.seconds is not None:
+                                run = dataclasses.replace(run, steps=steps_for(run, data, args.seconds))
                             results.append(one_run(run, data, loaded, corpus, args.splice_tokens, store_path))
         del data, store
         gc.collect()
@@ -621,6 +639,20 @@ def main(argv: list[str] | None = None) -> None:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         config["store"] = [str(p) for p in args.store]
         atomic_write_json(args.json, {"config": config, "runs": results, "summary": summary})
+
+
+CALIBRATION_STEPS = 12
+
+
+def steps_for(run: Run, data: StoreData, seconds: float) -> int:
+    """How many of this row's steps fit in ``seconds``: 12 of them timed on a thrown-away run."""
+    probe = dataclasses.replace(run, steps=CALIBRATION_STEPS)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, took, _ = TRAIN[run.library](probe, data, Path(tmp) / "sae")
+    steps = max(1, int(seconds / (took / CALIBRATION_STEPS)))
+    print(f"  {run.arch}/{run.library} {run.setting}: {took / CALIBRATION_STEPS:.3f} s a step -> {steps} steps",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return steps
 
 
 def one_run(run: Run, data: StoreData, loaded, corpus, splice_tokens: int, store_path: Path) -> dict:

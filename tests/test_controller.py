@@ -47,6 +47,28 @@ def test_the_loops_settle_whatever_the_sensitivity(sharpness, drift):
     assert float((late.abs() > 0.10).float().mean()) <= 0.02, [round(v, 1) for v in trace]
 
 
+def test_no_windup_while_the_thresholds_cannot_follow():
+    """A plant whose L0 stays a quarter of the target for 400 steps whatever the thresholds
+    do (gated's gates that cannot open further): the drift integral stays above −0.2, so
+    λ falls by at most exp(2g) a step instead of collapsing, and once the plant answers
+    again the loop is back within 10% in 60 steps."""
+    steps, gain = 3000, 5 / 3000
+    controller = L0Controller(24, gain=gain, device=torch.device("cpu"))
+    log_lambda = 0.0
+    for step in range(400):
+        _, factor = controller.update(torch.tensor(6.0), progress=step / steps)
+        log_lambda += math.log(float(factor))
+        assert float(controller.drift) >= -0.2 - 1e-6
+    assert log_lambda >= -400 * 2 * gain - 1e-6 and log_lambda < -400 * 0.5 * gain
+    log_threshold, trace = 0.0, []  # now L0 = 24·exp(−4·log-threshold) from a threshold at 0
+    for step in range(400, 500):
+        l0 = 24 * 0.25 * math.exp(-4.0 * log_threshold)
+        trace.append(l0)
+        shift, _ = controller.update(torch.tensor(l0), progress=step / steps)
+        log_threshold += float(shift)
+    assert all(abs(v / 24 - 1) <= 0.10 for v in trace[60:]), [round(v, 1) for v in trace]
+
+
 def test_state_round_trips():
     a = L0Controller(20, gain=0.01, device=torch.device("cpu"))
     for l0 in (60.0, 45.0, 30.0, 22.0):

@@ -85,7 +85,7 @@ at that pace, with its schedules set for that length (saekit's defaults decay th
 the last fifth of the steps it will make, as a user who knows the budget would set them).
 The table's "steps" then differ by library and "train s" shows the time each took.
 
-    .venv-bench/bin/python benchmarks/quality_matched_tokens.py --store runs/demo/store \
+    .venv-bench/bin/python benchmarks/quality_matched_tokens.py --store runs/demo/store \\
         --seconds 120 --seeds 0 --only '^topk/' --setting defaults
 
 Everything runs in one process, one configuration after another, memory freed between

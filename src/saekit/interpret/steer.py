@@ -89,11 +89,6 @@ def strength_unit(sae: SparseAutoencoder, max_activation: Tensor, feature: int) 
 # ---- the edit ------------------------------------------------------------------------------
 
 
-def _hooks(loaded: LoadedModel, sae: SparseAutoencoder, hook: str | None) -> tuple[str, str]:
-    """(the hook point the SAE reads, the one where its edits are written)."""
-    return hook_points(sae, loaded, hook)
-
-
 def _edit_function(
     sae: SparseAutoencoder,
     steer: dict[int, float],
@@ -150,7 +145,7 @@ def edit(
     it out for generation with a cache, where each forward sees only the new tokens).
     ``hook`` overrides the SAE's own hook point. The hooks are removed on exit, also on
     an exception."""
-    read, write = _hooks(loaded, sae, hook)
+    read, write = hook_points(sae, loaded, hook)
     steer = {check_feature(sae, f): _finite(s, f"steering strength of feature {f}") for f, s in (steer or {}).items()}
     clamp = {check_feature(sae, f): _finite(v, f"clamp value of feature {f}") for f, v in (clamp or {}).items()}
     ablate = [check_feature(sae, f) for f in ablate]
@@ -167,7 +162,7 @@ def edit(
 def steer_rows(loaded: LoadedModel, sae: SparseAutoencoder, shifts: Tensor, *, hook: str | None = None):
     """Within the block, row b of every batch has ``shifts[b]`` ([B, d_out]) added at every
     token: one batch steers a different feature (or strength) in each row."""
-    read, write = _hooks(loaded, sae, hook)
+    read, write = hook_points(sae, loaded, hook)
 
     def apply(_: Tensor, act: Tensor) -> Tensor:
         if act.shape[0] != shifts.shape[0]:
@@ -286,7 +281,7 @@ def ablation_effects(
     "next": str | None, "next_delta": float | None, "up": [[str, Δ]], "down": [[str, Δ]],
     "max_abs_delta": float}]}."""
     feature = check_feature(sae, feature)
-    read, _ = _hooks(loaded, sae, None)
+    read, _ = hook_points(sae, loaded)
     ids = prompt_ids(loaded, text).to(loaded.device)  # [1, T]: BOS + text
     mask = torch.ones_like(ids, dtype=torch.bool)
     mask[:, 0] = False  # BOS is never part of an SAE's data (data/corpus.py)

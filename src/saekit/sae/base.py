@@ -114,9 +114,6 @@ class SparseAutoencoder(nn.Module):
     """Whether decoder rows are held at unit norm during training."""
     encoder_init_scale: ClassVar[float] = 1.0
     """An SAE's encoder starts as this multiple of the decoder's transpose."""
-    default_lr: ClassVar[float] = 4e-4
-    """The trainer's peak Adam learning rate when none is given (TrainConfig.lr "auto"; see
-    ``recommended_lr``)."""
     default_grad_clip: ClassVar[float | None] = 1.0
     """The trainer's global gradient-norm clip when none is given (TrainConfig.grad_clip
     "auto"); None: no clipping."""
@@ -346,8 +343,9 @@ class SparseAutoencoder(nn.Module):
         return [{"params": list(self.parameters())}]
 
     def recommended_lr(self) -> float:
-        """The learning rate TrainConfig.lr "auto" trains this SAE with: ``default_lr``."""
-        return self.default_lr
+        """The peak Adam learning rate TrainConfig.lr "auto" trains this SAE with (the
+        penalised architectures: 4e-4)."""
+        return 4e-4
 
     # ---- hooks the trainer calls around each optimiser step -------------------------------
     @torch.no_grad()

@@ -20,7 +20,7 @@ at a fifth of the run). So two loops share one error, e = log((L0 + 1) / (target
   order of magnitude over a run (as thresholds move into the tails, and as the optimiser
   pulls them back). Flips inside the batches' noise (twice a running estimate of |Δe|/2,
   between ±2% and ±4%) change nothing, so noise does not leave η too small to follow when
-  the optimiser's drift turns. D stays above −0.2 (DRIFT_MAX, where it weighs as much in
+  the optimiser's drift turns. D stays above −0.2 (−DRIFT_SCALE, where it weighs as much in
   λ's loop as a full error): an integral that winds up while the thresholds cannot follow
   drives λ geometrically to nothing, and λ comes back from there only as slowly. Measured
   on toy data (64 dims, dictionary 2×, target 1.5× the true L0; TOY_SETTINGS): on
@@ -50,7 +50,6 @@ NOISE_BAND, NOISE_BAND_MAX = 0.02, 0.04
 GROW, SHRINK = 1.2, 0.6
 DRIFT_SHARE, DRIFT_SCALE = 0.1, 0.2
 DRIFT_FULL, DRIFT_END = 0.2, 0.4
-DRIFT_MAX = DRIFT_SCALE
 NOISE_SPAN, NOISE_MOMENTUM = 2.0, 0.95
 
 
@@ -82,7 +81,7 @@ class L0Controller:
         agree = error * self.last
         factor = torch.where(outside & (agree > 0), GROW, torch.where(outside & (agree < 0), SHRINK, 1.0))
         self.rate = (self.rate * factor).clamp(RATE_MIN, RATE_MAX)
-        self.drift = (self.drift + DRIFT_SHARE * self.rate * error).clamp(min=-DRIFT_MAX)
+        self.drift = (self.drift + DRIFT_SHARE * self.rate * error).clamp(min=-DRIFT_SCALE)
         self.last = error
         shift = self.rate * error + drift_weight(progress) * self.drift
         return shift, torch.exp(self.gain * (error + self.drift / DRIFT_SCALE))

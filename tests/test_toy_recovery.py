@@ -47,12 +47,17 @@ SHORT_OF_IT = {
 """Known shortfalls, not yet fixed (issue: the dictionaries researchers train today); each
 fails as measured, and passing would say the fix landed (strict)."""
 
+NEAR_THE_BAR = {("correlated", "gated")}
+"""Shortfalls whose recovery straddles 95% from run to run (92.6% in one full run, above 95%
+in the next, same code: thread-order rounding); not strict, so either outcome passes."""
+
 
 def cases():
     for setting in RECOVERY_SETTINGS:
         for arch in ARCHITECTURES:
             reason = SHORT_OF_IT.get((setting, arch))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            strict = (setting, arch) not in NEAR_THE_BAR
+            marks = [pytest.mark.xfail(strict=strict, reason=reason)] if reason else []
             yield pytest.param(setting, arch, marks=marks, id=f"{setting}-{arch}")
 
 

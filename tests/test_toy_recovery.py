@@ -39,25 +39,18 @@ RECOVERY_SETTINGS = ("easy", "superposition", "correlated")
 """Where every architecture must find ≥ 95% of the true directions (hierarchy is for
 absorption: a child absorbed into its parent's latent is not found, by design of the data)."""
 
-SHORT_OF_IT = {
-    ("superposition", "gated"): "72% of the true directions, FVU 0.13, 67% of the latents dead (measured)",
-    ("correlated", "gated"): "93% recovered, FVU 0.15, 52% dead (measured); with a fixed l1_coefficient of 3 "
-    "instead of the target-L0 controller it recovers 99.6% at L0 5.4",
-}
+SHORT_OF_IT: dict[tuple[str, str], str] = {}
 """Known shortfalls, not yet fixed (issue: the dictionaries researchers train today); each
-fails as measured, and passing would say the fix landed (strict)."""
-
-NEAR_THE_BAR = {("correlated", "gated")}
-"""Shortfalls whose recovery straddles 95% from run to run (92.6% in one full run, above 95%
-in the next, same code: thread-order rounding); not strict, so either outcome passes."""
+would fail as measured, and passing would say the fix landed (strict). None at present:
+gated's 72% on "superposition" and 93% on "correlated" were the controller moving b_gate
+without b_mag (GatedSAE.shift_thresholds)."""
 
 
 def cases():
     for setting in RECOVERY_SETTINGS:
         for arch in ARCHITECTURES:
             reason = SHORT_OF_IT.get((setting, arch))
-            strict = (setting, arch) not in NEAR_THE_BAR
-            marks = [pytest.mark.xfail(strict=strict, reason=reason)] if reason else []
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
             yield pytest.param(setting, arch, marks=marks, id=f"{setting}-{arch}")
 
 

@@ -68,7 +68,18 @@ class GatedSAE(SparseAutoencoder):
 
     @torch.no_grad()
     def shift_thresholds(self, rate: Tensor) -> None:
-        self._scale_threshold_bias(self.b_gate, rate)  # the gate alone decides which features fire
+        """The gate decides which features fire, but a feature counts (and decodes) only
+        where its magnitude is positive too. So after the gate's firing point moves, b_mag
+        is lifted where needed so that the magnitude path is ≥ 0 wherever the gate opens
+        (π_mag ≥ 0 at π_gate = 0: b_mag ≥ exp(r_mag) ⊙ b_gate); it is never lowered.
+        Moving b_gate alone opened gates onto negative magnitudes, where f = 0 and no
+        gradient reaches b_mag to pull it back: the controller saw no rise in L0, kept
+        lowering the gates, and the latents died (toy "superposition", TOY_SETTINGS: 72% of
+        the true directions, 67% dead; with the lift 98.7%, 2% dead; "correlated" 93% to 100%;
+        shifting b_mag by the gate's factor instead also recovers them but moves every
+        magnitude with it: γ 1.07 on "easy" against 1.02)."""
+        self._scale_threshold_bias(self.b_gate, rate)
+        torch.maximum(self.b_mag, torch.exp(self.r_mag) * self.b_gate, out=self.b_mag)
 
     def encode(self, x: Tensor) -> Tensor:
         return gated_features(self.projection(x), self.b_gate, self.r_mag, self.b_mag)[0]

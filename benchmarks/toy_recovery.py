@@ -8,7 +8,8 @@ of its parent stays silent; lower is better).
     .venv/bin/python benchmarks/toy_recovery.py --settings hierarchy --seeds 0 1 2
     .venv/bin/python benchmarks/toy_recovery.py --default-groups   # Matryoshka with its default groups too
 
-Matryoshka runs with TOY_OPTIONS (two halves; saekit.evaluation.toy says why).
+Matryoshka runs with saekit.evaluation.toy.toy_options: two halves, and on "hierarchy" a
+first group of 32 latents (toy.py says why).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument(
-        "--default-groups", action="store_true", help="also run Matryoshka with its default groups (not TOY_OPTIONS)"
+        "--default-groups", action="store_true", help="also run Matryoshka with its default groups (not toy_options)"
     )
     args = parser.parse_args()
     torch.set_num_threads(2)

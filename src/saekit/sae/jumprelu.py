@@ -86,8 +86,6 @@ class JumpReluSAE(SparseAutoencoder):
     coefficient_name = "l0_coefficient"
     threshold_kind = "per_feature"
     options = ("jumprelu_bandwidth", "jumprelu_init_threshold")
-    default_grad_clip = None
-    """No gradient clipping (see ``recommended_lr``)."""
 
     def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator=generator)
@@ -97,20 +95,6 @@ class JumpReluSAE(SparseAutoencoder):
     @classmethod
     def default_coefficient(cls) -> float:
         return 0.1
-
-    def recommended_lr(self) -> float:
-        """1.5e-3·√(4608 / d_sae) without clipping, as for TopK (``TopKSAE.recommended_lr``):
-        measured on SmolLM2-135M layers.15.resid_post (runs/demo/store), 4,608 latents,
-        target_l0 32, 300 steps of 4,096 tokens, seed 0, held-out FVU and spliced KL
-        (benchmarks/quality_matched_tokens.py's data and evaluator):
-
-            lr      clip  FVU     L0    dead   KL
-            4e-4    1.0   0.149   33.4  16.2%  0.556
-            1.5e-3  none  0.122   32.4   0.0%  0.405
-
-        The slower rate left a sixth of the latents dead (one store, one seed; gated and
-        relu keep the base class's 4e-4 clipped at 1, not yet re-measured)."""
-        return 1.5e-3 * (4608 / self.d_sae) ** 0.5
 
     @torch.no_grad()
     def calibrate(self, sample: Tensor) -> None:

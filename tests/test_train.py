@@ -103,7 +103,7 @@ def test_schedules():
 
 def test_auto_learning_rate_and_clip_come_from_the_architecture(toy_x, tmp_path):
     """lr and grad_clip "auto" (the defaults) take the SAE's recommendations — TopK family
-    1.5e-3·√(4608 / d_sae) without clipping, penalised architectures 4e-4 clipped at 1 —
+    1.5e-3·√(4608 / d_sae) without clipping, JumpReLU at that rate clipped at 1, gated and relu 4e-4 clipped at 1 —
     given values are kept, and a run folder records the values it trained with."""
     from saekit.training.trainer import Trainer
 
@@ -111,6 +111,7 @@ def test_auto_learning_rate_and_clip_come_from_the_architecture(toy_x, tmp_path)
         (saekit.create("topk", d_in=16, d_sae=1152, k=2), {}, 3e-3, None),
         (saekit.create("batchtopk", d_in=16, d_sae=4608, k=2), {}, 1.5e-3, None),
         (saekit.create("relu", d_in=16, d_sae=64, l1_coefficient=1.0), {}, 4e-4, 1.0),
+        (saekit.create("jumprelu", d_in=16, d_sae=4608, target_l0=2), {}, 1.5e-3, 1.0),
         (saekit.create("jumprelu", d_in=16, d_sae=64, target_l0=2), {"lr": 1e-2, "grad_clip": 0.5}, 1e-2, 0.5),
         (saekit.create("topk", d_in=16, d_sae=64, k=2), {"grad_clip": None}, 1.5e-3 * 72**0.5, None),
     ]

@@ -344,7 +344,7 @@ class SparseAutoencoder(nn.Module):
 
     def recommended_lr(self) -> float:
         """The peak Adam learning rate TrainConfig.lr "auto" trains this SAE with (the
-        penalised architectures: 4e-4)."""
+        gated and relu: 4e-4; TopK's family and JumpReLU override it)."""
         return 4e-4
 
     # ---- hooks the trainer calls around each optimiser step -------------------------------

@@ -96,6 +96,13 @@ def overwritable(grad: Tensor) -> Tensor:
     return grad if grad.is_contiguous() else grad.contiguous()
 
 
+def width_scaled_lr(d_sae: int) -> float:
+    """1.5e-3·√(4608 / d_sae): the learning rate measured best at 4,608 latents (sae/topk.py,
+    sae/jumprelu.py), scaled by the inverse square root of the width as sparsify and
+    dictionary_learning scale theirs."""
+    return 1.5e-3 * (4608 / d_sae) ** 0.5
+
+
 class SparseAutoencoder(nn.Module):
     # ---- what an architecture is (read by sae/registry.py, the CLI, the sweep, validation)
     arch: ClassVar[str]

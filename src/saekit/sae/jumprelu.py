@@ -23,7 +23,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from .base import LossOutput, SparseAutoencoder, overwritable
+from .base import LossOutput, SparseAutoencoder, overwritable, width_scaled_lr
 from .config import SAEConfig
 from .sparse_decode import entries_above, select_entries
 
@@ -109,7 +109,7 @@ class JumpReluSAE(SparseAutoencoder):
 
         Unclipped, it also recovers fewer toy directions (92.7% on "superposition" against
         ≥ 95% clipped). One store, one seed; gated and relu keep 4e-4, not yet re-measured."""
-        return 1.5e-3 * (4608 / self.d_sae) ** 0.5
+        return width_scaled_lr(self.d_sae)
 
     @torch.no_grad()
     def calibrate(self, sample: Tensor) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import LossOutput, SparseAutoencoder
+from .base import LossOutput, SparseAutoencoder, width_scaled_lr
 from .config import SAEConfig
 from .sparse_decode import Active, select_topk, sparse_decode
 
@@ -62,7 +62,7 @@ class TopKSAE(SparseAutoencoder):
         on the 0.02% of tokens (position 1, norms up to 150× the median) that hold a third of
         the squared norm, reconstructing them to 0.3% while leaving an FVU of 0.19 on all the
         others (0.145 at 1.5e-3, 0.132 after 2,000 steps, those tokens still at 0.1–0.3%)."""
-        return 1.5e-3 * (4608 / self.d_sae) ** 0.5
+        return width_scaled_lr(self.d_sae)
 
     @property
     def aux_k(self) -> int:

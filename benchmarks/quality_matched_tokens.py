@@ -173,6 +173,8 @@ class Run:
     target_l0: float
     coefficient: float | None = None
     """The peer's sparsity coefficient (penalised architectures); None: not swept."""
+    saekit_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """saekit rows: TrainConfig fields set over the setting's (``--saekit KEY=VALUE``)."""
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -305,6 +307,7 @@ def train_saekit(run: Run, data: StoreData, folder: Path):
         settings = dict(
             lr=run.lr, lr_warmup_fraction=0, lr_decay="none", sparsity_warmup_fraction=0, precision="float32"
         )
+    settings.update(run.saekit_options)
     trainer = Trainer(
         sae, data.train, steps=run.steps, batch_size=run.batch, seed=run.seed, device="cpu", progress=False,
         log_every=10**9, **settings,
@@ -537,6 +540,33 @@ def parse_coefficients(items: list[str]) -> dict[tuple[str, str], list[float]]:
     return out
 
 
+def parse_saekit_options(items: list[str]) -> dict[str, Any]:
+    """``--saekit KEY=VALUE`` items as TrainConfig keyword arguments, each checked by
+    building a TrainConfig with it (so a wrong name or value stops here, with the field's
+    own message): "none" is None, a number a float, anything else a string."""
+    from saekit.training.config import TrainConfig
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            fail(f"--saekit {item!r}: give KEY=VALUE, e.g. lr=1e-3 or grad_clip=none.")
+        value: Any = None if text.lower() == "none" else text
+        if value is not None:
+            try:
+                value = float(text)
+            except ValueError:
+                pass
+        if key not in {field.name for field in dataclasses.fields(TrainConfig)}:
+            fail(f"--saekit {item!r}: TrainConfig has no field {key!r} (see saekit/training/config.py).")
+        try:
+            TrainConfig(**{key: value})
+        except ValueError as error:
+            fail(f"--saekit {item!r}: {error}")
+        options[key] = value
+    return options
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", type=Path, action="append", required=True, help="an activation store (repeatable)")
@@ -557,6 +587,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the training rows' permutation")
     parser.add_argument("--splice-tokens", type=int, default=16384, help="held-out tokens for KL and ΔCE; 0: off")
     parser.add_argument("--model", default=None, help="the model for the splice (default: the store's manifest's)")
+    parser.add_argument(
+        "--saekit", action="append", default=[], metavar="KEY=VALUE",
+        help="saekit rows: a TrainConfig field over the setting's, e.g. lr=1e-3 or grad_clip=none (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
     args = parser.parse_args(argv)
 
@@ -568,6 +602,7 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"--seconds {args.seconds:g}: give a training time > 0 per row.")
         budgets = [0]  # each row's steps come from timing its own steps (steps_for)
     coefficients = parse_coefficients(args.coefficients)
+    saekit_options = parse_saekit_options(args.saekit)
     names = [(a, lib) for a in ARCHS for lib in libraries_for(a) if re.search(args.only, f"{a}/{lib}")]
     if not names:
         fail(f"--only {args.only!r} matches no row (rows are ARCH/LIBRARY, e.g. topk/saekit).")
@@ -615,6 +650,7 @@ def main(argv: list[str] | None = None) -> None:
                                 arch=arch, library=library, setting=setting, steps=steps, seed=seed,
                                 batch=args.batch, d_sae=args.d_sae, k=args.k, lr=args.lr, target_l0=target,
                                 coefficient=coefficient,
+                                saekit_options=saekit_options if library == "saekit" else {},
                             )  # fmt: skip
                             if args.seconds is not None:
                                 run = dataclasses.replace(run, steps=steps_for(run, data, args.seconds))

@@ -103,14 +103,15 @@ def test_schedules():
 
 def test_auto_learning_rate_and_clip_come_from_the_architecture(toy_x, tmp_path):
     """lr and grad_clip "auto" (the defaults) take the SAE's recommendations — TopK family
-    1.5e-3·√(4608 / d_sae) without clipping, JumpReLU at that rate clipped at 1, gated and relu 4e-4 clipped at 1 —
+    1.5e-3·√(4608 / d_sae) without clipping, jumprelu and relu at that rate clipped at 1, gated at 2/3 of it —
     given values are kept, and a run folder records the values it trained with."""
     from saekit.training.trainer import Trainer
 
     cases = [
         (saekit.create("topk", d_in=16, d_sae=1152, k=2), {}, 3e-3, None),
         (saekit.create("batchtopk", d_in=16, d_sae=4608, k=2), {}, 1.5e-3, None),
-        (saekit.create("relu", d_in=16, d_sae=64, l1_coefficient=1.0), {}, 4e-4, 1.0),
+        (saekit.create("relu", d_in=16, d_sae=4608, l1_coefficient=1.0), {}, 1.5e-3, 1.0),
+        (saekit.create("gated", d_in=16, d_sae=1152, target_l0=2), {}, 2e-3, 1.0),
         (saekit.create("jumprelu", d_in=16, d_sae=4608, target_l0=2), {}, 1.5e-3, 1.0),
         (saekit.create("jumprelu", d_in=16, d_sae=64, target_l0=2), {"lr": 1e-2, "grad_clip": 0.5}, 1e-2, 0.5),
         (saekit.create("topk", d_in=16, d_sae=64, k=2), {"grad_clip": None}, 1.5e-3 * 72**0.5, None),
@@ -121,9 +122,9 @@ def test_auto_learning_rate_and_clip_come_from_the_architecture(toy_x, tmp_path)
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
         trainer.close()
     options = dict(steps=2, batch_size=64, progress=False)
-    relu = dict(d_in=16, d_sae=64, l1_coefficient=1.0)
+    relu = dict(d_in=16, d_sae=4608, l1_coefficient=1.0)
     saekit.train(saekit.create("relu", **relu), toy_x, out=tmp_path, **options)
-    with pytest.raises(FolderError, match="train.lr: 0.0004 -> 0.001"):
+    with pytest.raises(FolderError, match="train.lr: 0.0015 -> 0.001"):
         saekit.train(saekit.create("relu", **relu), toy_x, out=tmp_path, **options, lr=1e-3)
 
 

@@ -23,7 +23,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from .base import LossOutput, SparseAutoencoder, overwritable, width_scaled_lr
+from .base import LossOutput, SparseAutoencoder, overwritable
 from .config import SAEConfig
 from .sparse_decode import entries_above, select_entries
 
@@ -95,21 +95,6 @@ class JumpReluSAE(SparseAutoencoder):
     @classmethod
     def default_coefficient(cls) -> float:
         return 0.1
-
-    def recommended_lr(self) -> float:
-        """1.5e-3·√(4608 / d_sae), TopK's rate (``TopKSAE.recommended_lr``), still clipped at 1:
-        measured on SmolLM2-135M layers.15.resid_post (runs/demo/store), 4,608 latents,
-        target_l0 32, 300 steps of 4,096 tokens, seed 0, held-out FVU and spliced KL
-        (benchmarks/quality_matched_tokens.py's data and evaluator):
-
-            lr      clip  FVU     L0    dead   KL
-            4e-4    1.0   0.149   33.4  16.2%  0.556
-            1.5e-3  1.0   0.115   33.7   0.8%  0.390
-            1.5e-3  none  0.122   32.4   0.0%  0.405
-
-        Unclipped, it also recovers fewer toy directions (92.7% on "superposition" against
-        ≥ 95% clipped). One store, one seed; gated and relu keep 4e-4, not yet re-measured."""
-        return width_scaled_lr(self.d_sae)
 
     @torch.no_grad()
     def calibrate(self, sample: Tensor) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import LossOutput, SparseAutoencoder, width_scaled_lr
+from .base import LossOutput, SparseAutoencoder
 from .config import SAEConfig
 from .sparse_decode import Active, select_topk, sparse_decode
 
@@ -35,34 +35,12 @@ class TopKSAE(SparseAutoencoder):
     0.1229 at 1, 0.1149 at 1/√3 (sparsify 0.1015 and 0.1205 on the same data). Its
     subclasses (batchtopk, matryoshka_batchtopk) inherit it."""
     default_grad_clip = None
-    """No gradient clipping (see ``recommended_lr``)."""
+    """No gradient clipping: it binds once the learning rate is high enough to matter, and
+    costs more than it protects (``SparseAutoencoder.recommended_lr``'s table)."""
 
     def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator=generator)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-
-    def recommended_lr(self) -> float:
-        """1.5e-3·√(4608 / d_sae), with no gradient clipping (``default_grad_clip``); the
-        inverse square root in the width is the scaling rule sparsify and dictionary_learning
-        use. Measured on SmolLM2-135M layers.15.resid_post (Shakespeare), k 32, 4,608 latents,
-        batches of 4,096, the trainer's other defaults (bf16, 2% warm-up, decay over the last
-        20%), held-out FVU and spliced KL per token:
-
-            steps  lr      clip  FVU     KL     dead
-            300    4e-4    1.0   0.0998  0.344  0.2%
-            300    1e-3    1.0   0.0858  0.273  0.4%
-            300    1e-3    off   0.0774  0.243  0.2%
-            300    1.5e-3  off   0.0717  0.216  1.0%
-            300    2e-3    off   0.0748  0.204  2.8%
-            2000   1.5e-3  off   0.0670  0.191  1.9%
-            2000   2e-3    off   0.0665  0.198  8.5%
-
-        Clipping the global norm at 1 binds once the learning rate is high enough to matter,
-        and costs more than it protects here. The old 4e-4 underfit: the SAE spent its budget
-        on the 0.02% of tokens (position 1, norms up to 150× the median) that hold a third of
-        the squared norm, reconstructing them to 0.3% while leaving an FVU of 0.19 on all the
-        others (0.145 at 1.5e-3, 0.132 after 2,000 steps, those tokens still at 0.1–0.3%)."""
-        return width_scaled_lr(self.d_sae)
 
     @property
     def aux_k(self) -> int:

@@ -27,8 +27,8 @@ class TrainConfig:
     """Tokens per step, summed over all ranks."""
     lr: PositiveFloat | Literal["auto"] = "auto"
     """Peak Adam learning rate; "auto": the SAE's ``recommended_lr()`` — for the TopK family
-    1.5e-3·√(4608 / d_sae), JumpReLU the same rate, gated and relu 4e-4 (sae/topk.py and
-    sae/jumprelu.py say why)."""
+    1.5e-3·√(4608 / d_sae), the same for JumpReLU and ReLU, two thirds of it for gated (the
+    measurements are in sae/base.py's ``SparseAutoencoder.recommended_lr``)."""
     lr_warmup_fraction: Fraction = 0.02
     """Fraction of the steps over which the learning rate rises linearly from 0."""
     lr_decay: Literal["linear", "cosine", "none"] = "linear"

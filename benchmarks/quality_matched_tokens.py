@@ -541,30 +541,21 @@ def parse_coefficients(items: list[str]) -> dict[tuple[str, str], list[float]]:
 
 
 def parse_saekit_options(items: list[str]) -> dict[str, Any]:
-    """``--saekit KEY=VALUE`` items as TrainConfig keyword arguments, each checked by
-    building a TrainConfig with it (so a wrong name or value stops here, with the field's
-    own message): "none" is None, a number a float, anything else a string."""
+    """``--saekit KEY=VALUE`` items as TrainConfig keyword arguments, parsed to each field's
+    declared type by saekit's own config parser (a wrong name or value stops here, with its
+    message)."""
+    from saekit._runtime.errors import ConfigValueError
+    from saekit._runtime.parsing import from_dict
     from saekit.training.config import TrainConfig
 
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            fail(f"--saekit {item!r}: give KEY=VALUE, e.g. lr=1e-3 or grad_clip=none.")
-        value: Any = None if text.lower() == "none" else text
-        if value is not None:
-            try:
-                value = float(text)
-            except ValueError:
-                pass
-        if key not in {field.name for field in dataclasses.fields(TrainConfig)}:
-            fail(f"--saekit {item!r}: TrainConfig has no field {key!r} (see saekit/training/config.py).")
-        try:
-            TrainConfig(**{key: value})
-        except ValueError as error:
-            fail(f"--saekit {item!r}: {error}")
-        options[key] = value
-    return options
+    if any("=" not in item or not item.partition("=")[0] for item in items):
+        fail(f"--saekit {items}: give KEY=VALUE, e.g. lr=1e-3 or grad_clip=none.")
+    texts = dict(item.partition("=")[::2] for item in items)
+    try:
+        config = from_dict(TrainConfig, texts, where="--saekit")
+    except ConfigValueError as error:
+        fail(str(error))
+    return {name: getattr(config, name) for name in texts}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -488,6 +488,32 @@ class SparseAutoencoder(nn.Module):
         short run to reach its target (measured on Gemma 3 270M: JumpReLU at L0 75-180 for a
         target of 40 after 150 steps). Architectures with a target L0 implement it."""
 
+    def firing_margins(self, x: Tensor, floor: float) -> Tensor:
+        """What the target-L0 controller fits its shift to: for each (token, feature) of
+        [B, d_in] ``x`` that would fire after ``shift_thresholds(floor)``, the shift at which
+        it stops firing: log(drive / firing point), +inf where shift_thresholds does not
+        move the point (1-D, in no set order). So after ``shift_thresholds(u)``, u ≥ floor,
+        count(margins > u) / B is x's L0. Architectures with a target L0 implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no firing thresholds to shift")
+
+    def _margins(self, x: Tensor, drive_bias: Tensor, point: Tensor, floor: float) -> Tensor:
+        """``firing_margins`` of an encoder whose feature i fires where its drive x̃ W_enc_i
+        + drive_bias_i exceeds ``point``_i. The cut point·e^floor is subtracted inside the
+        encoder's matmul, so that [B, d_sae] sees one comparison, and logs are taken over
+        the kept entries alone. A point at or below the centre (0) is never lowered by
+        ``_scale_threshold_bias``, and raising it moves it towards 0 rather than by a factor:
+        such a feature keeps firing where it fires (+inf)."""
+        point = point.detach().float()
+        movable = point > 0
+        cut = torch.where(movable, point * torch.exp(torch.tensor(floor)), point)
+        bias = self.centred_bias(drive_bias.detach().float() - cut)
+        above = self.encoder_matmul(self.normalize_input(x.float()), bias)
+        kept = above > 0
+        features = kept.nonzero()[:, 1]
+        drive = above[kept] + cut[features]
+        ratio = drive / point[features]
+        return torch.where(movable[features], torch.log(ratio), torch.full_like(ratio, float("inf")))
+
     @staticmethod
     def _scale_threshold_bias(bias: Tensor, rate: Tensor) -> None:
         """A bias b whose negative is the firing point (z = x̃ W + b fires where z > 0, x̃

@@ -91,6 +91,11 @@ class GatedSAE(SparseAutoencoder):
         self._scale_threshold_bias(self.b_gate, rate)
         torch.maximum(self.b_mag, torch.exp(self.r_mag) * self.b_gate, out=self.b_mag)
 
+    def firing_margins(self, x: Tensor, floor: float) -> Tensor:
+        """The gate decides: x̃ W_gate fires where it exceeds −b_gate (the lift in
+        shift_thresholds keeps the magnitude positive wherever the gate opens)."""
+        return self._margins(x, torch.zeros_like(self.b_gate), -self.b_gate, floor)
+
     def encode(self, x: Tensor) -> Tensor:
         return gated_features(self.projection(x), self.b_gate, self.r_mag, self.b_mag)[0]
 

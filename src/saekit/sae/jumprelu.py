@@ -108,6 +108,10 @@ class JumpReluSAE(SparseAutoencoder):
     def shift_thresholds(self, rate: Tensor) -> None:
         self.threshold.mul_(torch.exp(rate).to(self.threshold.dtype))
 
+    def firing_margins(self, x: Tensor, floor: float) -> Tensor:
+        """z = x̃ W_enc + b_enc fires where z > θ: the margin is log(z / θ)."""
+        return self._margins(x, self.b_enc, self.threshold, floor)
+
     def encode(self, x: Tensor) -> Tensor:
         z = self.pre_activations(x)
         return z * (z > self.threshold).to(z.dtype)

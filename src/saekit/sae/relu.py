@@ -45,6 +45,10 @@ class ReluSAE(SparseAutoencoder):
     def shift_thresholds(self, rate: Tensor) -> None:
         self._scale_threshold_bias(self.b_enc, rate)
 
+    def firing_margins(self, x: Tensor, floor: float) -> Tensor:
+        """x̃ W_enc fires where it exceeds −b_enc: the margin is log(x̃ W_enc / −b_enc)."""
+        return self._margins(x, torch.zeros_like(self.b_enc), -self.b_enc, floor)
+
     def encode(self, x: Tensor) -> Tensor:
         return self.pre_activations(x).relu_()  # in place: z itself is needed by nobody
 

@@ -32,8 +32,8 @@ from ..data.source import as_source, describe_nonfinite, fingerprint_of
 from ..sae.base import SparseAutoencoder
 from .checkpoint import LOG_FILE, load_checkpoint, read_log, save_checkpoint
 from .config import TrainConfig
+from .controller import MAX_SHIFT, L0Controller, fit_stride, margin_counts
 from .controller import STATE as CONTROLLER_STATE
-from .controller import L0Controller
 
 
 @dataclass
@@ -307,7 +307,9 @@ class Trainer:
             l0 = ctx.mean_(output.l0.float().clone())
             sae.observe_l0(l0)
             if self.controller is not None:
-                shift, factor = self.controller.update(l0, progress=step / cfg.steps)
+                rows = x[:: fit_stride(cfg.batch_size)]
+                counts = ctx.sum_(margin_counts(sae.firing_margins(rows, -MAX_SHIFT)))
+                shift, factor = self.controller.update(l0, counts, rows.shape[0] * ctx.world_size)
                 # Raise only the thresholds of features that fired: the others add nothing to
                 # L0, get no gradient to pull them back, and would be pushed out for good.
                 sae.shift_thresholds(torch.where((sae.tokens_since_fired == 0) | (shift < 0), shift, 0.0))

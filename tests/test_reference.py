@@ -285,6 +285,30 @@ def test_matryoshka_batchtopk(groups, weights):
     check_gradients(sae, lambda p, x: reference_matryoshka(p, x, 5, ends, w), torch.randn(BATCH, D_IN))
 
 
+@pytest.mark.parametrize("reconstruction_loss", ["sum", "mean"])
+def test_matryoshka_prefix_errors_match_autograd(reconstruction_loss):
+    """The fused prefix errors (one residual per group, walked back in backward) against the
+    plain cumulative sum, at a width where the mean reduction differs from the sum."""
+    from saekit.sae.matryoshka import _PrefixErrors
+
+    generator = torch.Generator().manual_seed(0)
+    residual = torch.randn(BATCH, 9, generator=generator, requires_grad=True)
+    parts = torch.randn(3, BATCH, 9, generator=generator, requires_grad=True)
+    upstream = torch.tensor([0.5, 0.2, 0.3])
+    per_d = 1.0 if reconstruction_loss == "sum" else 1 / 9
+    errors, left = _PrefixErrors.apply(residual, parts, per_d)
+    (errors * upstream).sum().backward()
+    got = (errors.detach(), left, residual.grad.clone(), parts.grad.clone())
+    residual.grad = parts.grad = None
+    prefixes = residual - parts.cumsum(0)
+    expected_errors = prefixes.pow(2).sum(-1).mean(-1) * per_d
+    (expected_errors * upstream).sum().backward()
+    torch.testing.assert_close(got[0], expected_errors.detach())
+    torch.testing.assert_close(got[1], prefixes[-1].detach())
+    torch.testing.assert_close(got[2], residual.grad)
+    torch.testing.assert_close(got[3], parts.grad)
+
+
 def test_matryoshka_with_one_group_is_batchtopk():
     x = torch.randn(BATCH, D_IN)
     one = randomise(saekit.create("matryoshka_batchtopk", d_in=D_IN, d_sae=D_SAE, k=5, group_sizes=[D_SAE]))

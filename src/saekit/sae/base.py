@@ -332,10 +332,11 @@ class SparseAutoencoder(nn.Module):
             self._active_share = float(l0) / self.d_sae
 
     def reconstruction_error(self, x: Tensor, x_hat: Tensor) -> Tensor:
-        """Mean over tokens of ‖x̂ − x‖² (or ‖x̂ − x‖²/d_in with reconstruction_loss="mean")."""
+        """Mean over tokens of ‖x̂ − x‖² (or ‖x̂ − x‖²/d_in with reconstruction_loss="mean"):
+        [..., B, d] (broadcast) -> [...], one error per leading index."""
         squared = (x_hat.float() - x.float()).pow(2)
         per_token = squared.sum(-1) if self.cfg.reconstruction_loss == "sum" else squared.mean(-1)
-        return per_token.mean()
+        return per_token.mean(-1)
 
     def decoder_norms(self) -> Tensor:
         """‖d_i‖: [d_sae]."""

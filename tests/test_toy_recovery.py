@@ -48,6 +48,12 @@ SHORT_OF_IT: dict[tuple[str, str], tuple[float, str]] = {
         "Not the cure: AuxK's dead window at 100k tokens (0.948), aux_coefficient 1/8 (0.951), threshold "
         "momentum 0.9 (0.948)",
     ),
+    ("superposition", "matryoshka_batchtopk"): (
+        0.93,
+        "BatchTopK's selection and its shortfall: seeds 0, 1, 2 recover 0.948, 0.945, 0.930 (24% dead), "
+        "as BatchTopK does; it passed 0.95 before the fused prefix errors, whose loss is the same to "
+        "float rounding (tests/test_reference.py), so the setting sits on the bar for both",
+    ),
 }
 """Known shortfalls, not yet fixed (issue: the dictionaries researchers train today): the
 floor each is held to until it is (a regression guard below the 95% target, not a pass),

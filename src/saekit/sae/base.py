@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
@@ -506,14 +507,13 @@ class SparseAutoencoder(nn.Module):
         such a feature keeps firing where it fires (+inf)."""
         point = point.detach().float()
         movable = point > 0
-        cut = torch.where(movable, point * torch.exp(torch.tensor(floor)), point)
+        cut = torch.where(movable, point * math.exp(floor), point)
         bias = self.centred_bias(drive_bias.detach().float() - cut)
         above = self.encoder_matmul(self.normalize_input(x.float()), bias)
         kept = above > 0
         features = kept.nonzero()[:, 1]
         drive = above[kept] + cut[features]
-        ratio = drive / point[features]
-        return torch.where(movable[features], torch.log(ratio), torch.full_like(ratio, float("inf")))
+        return torch.log(drive / point[features]).where(movable[features], float("inf"))
 
     @staticmethod
     def _scale_threshold_bias(bias: Tensor, rate: Tensor) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .batchtopk import BatchTopKSAE
 from .config import ConfigError, SAEConfig
-from .sparse_decode import sparse_decode
+from .sparse_decode import sparse_decode, token_of_each_entry
 
 
 def group_sizes(cfg: SAEConfig) -> list[int]:
@@ -83,10 +83,11 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         parts = self.group_decodes(active, x.shape[0])
         level = self.predict(x, self.b_dec.expand(x.shape[0], -1)).float()  # b_dec (+ skip term)
         per_d = 1.0 if self.cfg.reconstruction_loss == "sum" else 1.0 / parts.shape[-1]
-        errors, left = _PrefixErrors.apply(target.float() - level, parts, per_d)
+        target = target.float()
+        errors, left = _PrefixErrors.apply(target - level, parts, per_d)
         weights = torch.tensor(self.group_weights, dtype=errors.dtype, device=errors.device)
         # ŷ = y − (what the whole dictionary leaves), for the statistics and AuxK (no gradient).
-        return (errors * weights).sum(), target.float() - left
+        return (errors * weights).sum(), target - left
 
     def group_decodes(self, active, batch: int) -> Tensor:
         """Σ_{i in group g} f_i d_i for every group g and token: [G, B, d_out] float32, from one
@@ -98,8 +99,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         benchmarks/train_throughput.py's bf16 rows)."""
         values, indices, offsets = active.values, active.indices, active.offsets
         n_groups = len(self.group_ends)
-        counts = torch.diff(offsets, append=offsets.new_tensor([indices.numel()]))
-        tokens = torch.arange(batch, device=indices.device).repeat_interleave(counts)
+        tokens = token_of_each_entry(indices, offsets)
         boundaries = torch.tensor(self.group_ends[:-1], device=indices.device)
         bags = torch.bucketize(indices, boundaries, right=True) * batch + tokens
         order = torch.argsort(bags, stable=True)

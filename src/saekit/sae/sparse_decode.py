@@ -111,7 +111,7 @@ def _embedding_bag_in_chunks(values: Tensor, indices: Tensor, W_dec: Tensor, off
     return torch.cat(parts)
 
 
-def _token_of_each_entry(indices: Tensor, offsets: Tensor | None) -> Tensor:
+def token_of_each_entry(indices: Tensor, offsets: Tensor | None) -> Tensor:
     """The token (bag) of each entry of an Active layout, flat [n]."""
     if offsets is None:
         batch, k = indices.shape
@@ -147,7 +147,7 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         values, indices, W_dec, offsets = ctx.saved_tensors
-        latents, tokens = indices.reshape(-1), _token_of_each_entry(indices, offsets)
+        latents, tokens = indices.reshape(-1), token_of_each_entry(indices, offsets)
         g = grad_out.float()
         grad_values = grad_W_dec = None
         if ctx.needs_input_grad[0]:
@@ -297,7 +297,7 @@ class _SelectTopK(torch.autograd.Function):
     def backward(ctx, grad_values: Tensor, _grad_indices):
         centred, values, indices, W_enc, centre = ctx.saved_tensors
         gamma = (grad_values * (values > 0)).float().reshape(-1)  # through the ReLU
-        tokens = _token_of_each_entry(indices, None)
+        tokens = token_of_each_entry(indices, None)
         return None, *_encoder_gradients(centred, gamma, indices.reshape(-1), tokens, W_enc, centre), None, None
 
 

@@ -49,6 +49,7 @@ MAX_SHIFT = 0.5
 FIT_ROWS = 1024
 """Rows the fit uses (a stride of the batch): 512 of the toy's 1,024 left batches 10-12% off."""
 BINS = 1000
+WIDTH = 2 * MAX_SHIFT / BINS
 DRIFT_SHARE, DRIFT_SCALE = 0.1, 0.2
 STATE = ("drift",)
 
@@ -62,8 +63,7 @@ def fit_stride(batch_size: int) -> int:
 def margin_counts(margins: Tensor) -> Tensor:
     """[BINS + 1] int64 counts of 1-D ``margins`` ≥ −MAX_SHIFT: bin j holds those in
     [edge_j, edge_j+1), the last those ≥ MAX_SHIFT (+inf included); ranks sum them."""
-    width = 2 * MAX_SHIFT / BINS
-    index = ((margins.float() + MAX_SHIFT) / width).floor().clamp(0, BINS).long()
+    index = ((margins.float() + MAX_SHIFT) / WIDTH).floor().clamp(0, BINS).long()
     return torch.bincount(index, minlength=BINS + 1)
 
 
@@ -72,29 +72,20 @@ class L0Controller:
         self.target = float(target)
         self.gain = float(gain)
         self.drift = torch.tensor(0.0, device=device)
-        self.edges = torch.linspace(-MAX_SHIFT, MAX_SHIFT, BINS + 1, dtype=torch.float64, device=device)
-
-    def wanted_l0(self, l0: Tensor) -> Tensor:
-        """The L0 the fit gives the batch: CLOSE of the error e removed."""
-        error = self.error(l0)
-        return (self.target + 1) * torch.exp((1 - CLOSE) * error.double()) - 1
-
-    def error(self, l0: Tensor) -> Tensor:
-        return torch.log((l0.float() + 1) / (self.target + 1)).clamp(-1, 1)
 
     def update(self, l0: Tensor, counts: Tensor, rows: int) -> tuple[Tensor, Tensor]:
         """This step's (log-threshold shift, factor for λ), from the step's global mean L0
         and the ``margin_counts`` of ``rows`` rows at the parameters after the step."""
-        error = self.error(l0)
-        wanted = self.wanted_l0(l0) * rows
+        error = torch.log((l0.float() + 1) / (self.target + 1)).clamp(-1, 1)
+        # The L0 the fit gives these rows: CLOSE of the error removed.
+        wanted = ((self.target + 1) * torch.exp((1 - CLOSE) * error.double()) - 1) * rows
         # above[j]: margins ≥ edge j; count(margins > u) falls from above[0] at −MAX_SHIFT.
         above = counts.flip(0).cumsum(0).flip(0).double()
         j = (above >= wanted).sum() - 1
         at = j.clamp(0, BINS - 1)
         high, low = above[at], above[at + 1]
         share = ((high - wanted) / (high - low).clamp(min=1)).clamp(0, 1)
-        width = 2 * MAX_SHIFT / BINS
-        shift = self.edges[at] + share * width
+        shift = -MAX_SHIFT + (at + share) * WIDTH
         shift = torch.where(j < 0, -MAX_SHIFT, torch.where(j >= BINS, MAX_SHIFT, shift)).float()
         self.drift = (self.drift + DRIFT_SHARE * shift).clamp(min=-DRIFT_SCALE)
         return shift, torch.exp(self.gain * (error + self.drift / DRIFT_SCALE))

@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saekit.data.synthetic import TOY_SETTINGS
-from saekit.evaluation.toy import toy_recovery
-from saekit.sae.registry import ARCHITECTURES
+from saekit.data.synthetic import TOY_SETTINGS, recovery
+from saekit.evaluation.toy import toy_options, toy_recovery
+from saekit.sae.registry import ARCHITECTURES, create, uses_k
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -99,3 +99,18 @@ def test_matryoshka_absorbs_less_than_batchtopk_at_the_same_l0():
     assert mean["matryoshka_batchtopk"] < 0.75 * mean["batchtopk"], mean
     pairs = zip(rows["matryoshka_batchtopk"], rows["batchtopk"], strict=True)
     assert all(m["absorption"] < b["absorption"] for m, b in pairs), rows
+
+
+@pytest.mark.parametrize("setting", list(TOY_SETTINGS))
+def test_no_sae_starts_at_the_true_directions(setting):
+    """The toy's dictionary and an SAE created with the same seed draw from different
+    streams (data/synthetic.dictionary_generator); they used to share one, and every SAE's
+    first M_true decoder rows were the true directions before a step was taken."""
+    toy = TOY_SETTINGS[setting]
+    for seed in (0, 1, 2):
+        directions = toy.dictionary(seed).directions
+        for arch in ARCHITECTURES:
+            sparsity = {"k": toy.sparsity} if uses_k(arch) else {"target_l0": toy.sparsity}
+            sae = create(arch, d_in=toy.n, d_sae=toy.d_sae, seed=seed, **sparsity, **toy_options(setting, arch))
+            at_start = recovery(sae.W_dec, directions)
+            assert at_start["fraction_recovered"] == 0.0 and at_start["mmcs"] < 0.6, (arch, seed, at_start)

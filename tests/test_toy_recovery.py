@@ -39,26 +39,40 @@ RECOVERY_SETTINGS = ("easy", "superposition", "correlated")
 """Where every architecture must find ≥ 95% of the true directions (hierarchy is for
 absorption: a child absorbed into its parent's latent is not found, by design of the data)."""
 
+MEASURED = "seed 0 on an AVX-512 EPYC, from a random start (b79435a)"
 SHORT_OF_IT: dict[tuple[str, str], tuple[float, str]] = {
+    ("easy", "jumprelu"): (0.91, f"0.930 ({MEASURED}); 1.000 with 3,000 steps instead of 1,500: it converges slower"),
+    ("easy", "batchtopk"): (
+        0.71,
+        f"0.734 ({MEASURED}); seed 1 0.766; 0.898 at 3,000 steps and 0.961 at 6,000. The missed features are "
+        "merged, two to a latent (best cosines 0.5-0.89), and half the latents fire on under 0.04% of tokens: "
+        "the batch's budget gives no slot to a runner-up, where TopK's per-token k does (TopK: 1.000). Not the "
+        "cure: AuxK's dead window at 20k-100k tokens or aux_coefficient 0.5 (0.73-0.79), lr 1e-3 (0.63), no "
+        "encoder bias (0.80/0.74), encoder init W_decᵀ (0.65/0.75). TopK's selection for the first 30-60% of "
+        "the steps does it (0.97-1.00) but costs SmolLM2 held-out FVU 0.134 against 0.119 at 300 steps",
+    ),
+    ("easy", "matryoshka_batchtopk"): (
+        0.72,
+        f"0.742 ({MEASURED}); BatchTopK's selection and its slow start (0.891 at 3,000 steps)",
+    ),
+    ("superposition", "gated"): (0.92, f"0.948 ({MEASURED})"),
+    ("superposition", "jumprelu"): (0.88, f"0.901 ({MEASURED}); 0.940 at 6,000 steps"),
+    ("superposition", "topk"): (0.92, f"0.948 ({MEASURED}); 0.958 at 6,000 steps, 0.951 on 1M distinct tokens"),
     ("superposition", "batchtopk"): (
-        0.93,
-        "measured on an AVX-512 EPYC (and on an AVX2 one): seeds 0, 1, 2 recover 0.948, 0.948, 0.932 (CI's "
-        "machine passed 0.95 before); the 20 missed directions are the rarest features (firing-rate ranks "
-        "0-83 of 384) with best cosines 0.82-0.90, learned but mixed; TopK on the same data finds 100%. "
-        "Not the cure: AuxK's dead window at 100k tokens (0.948), aux_coefficient 1/8 (0.951), threshold "
-        "momentum 0.9 (0.948)",
+        0.85,
+        f"0.878 ({MEASURED}); 0.938 at 6,000 steps; 0.578 on 1M distinct tokens (65% of latents dead by step "
+        "500, the live ones' encoder norms 2.6-3.9 against the dead ones' 1.0), against TopK's 0.951 there; "
+        "TopK's selection for the first 80% of the steps: 0.917",
     ),
-    ("superposition", "matryoshka_batchtopk"): (
-        0.93,
-        "BatchTopK's selection and its shortfall: seeds 0, 1, 2 recover 0.948, 0.945, 0.930 (24% dead), "
-        "as BatchTopK does; it passed 0.95 before the fused prefix errors, whose loss is the same to "
-        "float rounding (tests/test_reference.py), so the setting sits on the bar for both",
-    ),
+    ("superposition", "matryoshka_batchtopk"): (0.83, f"0.852 ({MEASURED}); BatchTopK's selection and its shortfall"),
 }
 """Known shortfalls, not yet fixed (issue: the dictionaries researchers train today): the
-floor each is held to until it is (a regression guard below the 95% target, not a pass),
-and what was measured. Gated's 72% on "superposition" and 93% on "correlated" were the
-controller moving b_gate without b_mag (GatedSAE.shift_thresholds)."""
+floor each is held to until it is (a regression guard about 0.02-0.03 below what was
+measured, not a pass of the 95% target), and what was measured. Until b79435a every SAE
+here started at the true directions (the toy's dictionary and the SAE's decoder were drawn
+from the same seeded stream), and every case but BatchTopK's passed 0.95; from a random
+start these are what they recover. Gated's 72% on "superposition" and 93% on "correlated"
+were the controller moving b_gate without b_mag (GatedSAE.shift_thresholds)."""
 
 
 def cases():
@@ -90,12 +104,12 @@ def test_matryoshka_absorbs_less_than_batchtopk_at_the_same_l0():
     }
     mean = {arch: sum(r["absorption"] for r in rs) / len(rs) for arch, rs in rows.items()}
     print("absorption over seeds", seeds, {a: [round(r["absorption"], 3) for r in rs] for a, rs in rows.items()})
-    for arch, rs in rows.items():  # the same L0 (k = 6 both) and both found the parents
-        # Matryoshka's parent latents take in part of their children's mean direction
-        # (measured 0.86-0.89; BatchTopK 0.96-0.99): see evaluation.toy.SETTING_OPTIONS.
-        floor = 0.8 if arch == "matryoshka_batchtopk" else 0.9
-        assert all(r["l0"] == pytest.approx(6, rel=0.10) and r["parent_cosine"] > floor for r in rs), rs
-    # measured: 0.108 against 0.214 (seeds 0-2), lower on every seed
+    for rs in rows.values():  # the same L0 (k = 6 both) and both found the parents
+        # Parents' best cosines, measured from a random start: BatchTopK 0.834, 0.849, 0.894,
+        # Matryoshka 0.818, 0.863, 0.855 (its parent latents take in part of their children's
+        # mean direction: evaluation.toy.SETTING_OPTIONS).
+        assert all(r["l0"] == pytest.approx(6, rel=0.10) and r["parent_cosine"] > 0.78 for r in rs), rs
+    # measured: 0.184, 0.136, 0.125 against 0.312, 0.267, 0.282 (seeds 0-2), lower on every seed
     assert mean["matryoshka_batchtopk"] < 0.75 * mean["batchtopk"], mean
     pairs = zip(rows["matryoshka_batchtopk"], rows["batchtopk"], strict=True)
     assert all(m["absorption"] < b["absorption"] for m, b in pairs), rows

@@ -294,3 +294,29 @@ def test_a_step_leaves_no_autograd_graph_behind(toy_x):
                 counts.append(sum(1 for o in gc.get_objects() if torch.is_tensor(o) and o.requires_grad))
         assert counts[0] == counts[1], (sae.arch, counts)
         trainer.close()
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka_batchtopk"])
+def test_batchtopk_infers_with_its_last_batch_threshold(toy_x, arch, monkeypatch):
+    """After the last step θ is the smallest of the k·B largest activations of the last
+    batch at the final weights, not the running mean that lags it: per-token inference on
+    that batch fires k·B entries (the smallest of them sits at θ, which z > θ leaves out)."""
+    seen = []
+    settle = saekit.sae.batchtopk.BatchTopKSAE.settle_for_inference
+
+    def spy(self, x):
+        seen.append(x.clone())
+        settle(self, x)
+
+    monkeypatch.setattr(saekit.sae.batchtopk.BatchTopKSAE, "settle_for_inference", spy)
+    k, batch = 3, 512
+    sae = saekit.create(arch, d_in=16, d_sae=64, k=k, seed=0)
+    result = saekit.train(sae, toy_x, steps=80, batch_size=batch, lr=3e-3, precision="float32", progress=False)
+    assert len(seen) == 1 and seen[0].shape == (batch, 16)  # once, on the whole last batch
+    last = seen[0] / result.activation_scale  # the SAE reads raw activations once trained
+    with torch.no_grad():
+        fired = int((sae.encode(last) > 0).sum())
+        z = sae.pre_activations(last)
+    assert k * batch - 3 <= fired <= k * batch, fired
+    # (the running mean it replaces fired 1,896 entries of these 1,536 when measured)
+    assert float(sae.threshold) == pytest.approx(float(z.flatten().topk(k * batch).values[-1]), rel=1e-4)

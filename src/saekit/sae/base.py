@@ -416,6 +416,10 @@ class SparseAutoencoder(nn.Module):
         if self.unit_norm_decoder:
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
+    def settle_for_inference(self, x: Tensor) -> None:
+        """After the last optimiser step, on rows of the last global batch (in the units
+        trained on): set what inference reads off training statistics. Nothing by default."""
+
     @torch.no_grad()
     def update_firing(self, fired: Tensor, n_tokens: int) -> None:
         """fired: [d_sae] bool, whether each feature fired anywhere in the last (global) batch."""

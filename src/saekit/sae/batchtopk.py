@@ -8,6 +8,12 @@ It finds its selection without sorting the batch (sparse_decode.batch_topk_entri
 trains sparsely, as TopK does, with the same AuxK loss. It keeps a running threshold θ,
 the smallest activation it kept, averaged over steps; in eval mode it encodes each
 token alone as f = z ⊙ 1[z > θ] (a JumpReLU; saekit.convert makes that exact).
+
+After the last step θ is set to the batch's own threshold at the final weights (the
+(k·B)-th largest activation of the last batch): the running mean lags it while the
+activations move. Measured (SmolLM2-135M layers.15.resid_post, k 32, 4,608 latents, 300
+steps of 4,096 tokens): the running θ 0.880 against the last batches' 0.790-0.796 gave a
+held-out L0 of 25.2 where 32 was asked, at FVU 0.119; the batch's θ gives L0 32.8 at 0.109.
 """
 
 from __future__ import annotations
@@ -48,6 +54,15 @@ class BatchTopKSAE(TopKSAE):
         active = select_batch_topk(x, self.W_enc, self.b_enc, self.centre, self.cfg.k)
         self._update_threshold(active.values)
         return active
+
+    @torch.no_grad()
+    def settle_for_inference(self, x: Tensor) -> None:
+        """θ ← the smallest of the k·B largest activations of the rows ``x`` [B, d_in] at the
+        final weights, in float32; rows with nothing positive leave θ as it is."""
+        values, _, _ = batch_topk_entries(torch.relu(self.pre_activations(x.float())), self.cfg.k)
+        positive = values[values > 0]
+        if positive.numel():
+            self.threshold.copy_(positive.amin())
 
     @torch.no_grad()
     def _update_threshold(self, values: Tensor) -> None:

@@ -88,7 +88,8 @@ class SAEConfig:
     dead_tokens: PositiveInt = 1_000_000
     """A feature that has not fired for this many training tokens counts as dead (AuxK, logs)."""
     batchtopk_threshold_momentum: float = 0.99
-    """batchtopk, matryoshka_batchtopk: momentum of the running inference threshold, in [0, 1)."""
+    """batchtopk, matryoshka_batchtopk: momentum of the running inference threshold, in [0, 1)
+    (what θ is during training; the last step sets it from the last batch)."""
     group_sizes: list[PositiveInt] | None = None
     """matryoshka_batchtopk: the sizes of the nested groups of latents, adding up to d_sae
     (prefix m is groups 0..m). Default: four groups doubling in size."""

@@ -35,6 +35,9 @@ from .config import TrainConfig
 from .controller import MAX_SHIFT, L0Controller, fit_stride, margin_counts
 from .controller import STATE as CONTROLLER_STATE
 
+SETTLE_ROWS = 8192
+"""Rows of the last global batch (a stride of it) that ``settle_for_inference`` reads."""
+
 
 @dataclass
 class TrainResult:
@@ -314,6 +317,9 @@ class Trainer:
                 # L0, get no gradient to pull them back, and would be pushed out for good.
                 sae.shift_thresholds(torch.where((sae.tokens_since_fired == 0) | (shift < 0), shift, 0.0))
                 sae.sparsity_coefficient.mul_(factor)
+
+            if step + 1 == cfg.steps:
+                sae.settle_for_inference(ctx.gather_rows(x[:: max(1, cfg.batch_size // SETTLE_ROWS)]))
 
         self.step_index = step = step + 1
         last = step == cfg.steps

@@ -22,8 +22,9 @@ run's length where it has schedules, in two settings (``--setting``):
 
     defaults   the library as documented, nothing set but the architecture, k, width,
                budget and (penalised architectures) the sparsity coefficient:
-               saekit      saekit.train's defaults: lr 4e-4, 2% warm-up, linear decay over
-                           the last 20%, bf16 autocast where the CPU has it, grad clip 1;
+               saekit      saekit.train's defaults: the architecture's lr and grad clip, 2%
+                           warm-up, linear decay over the last 20%, bf16 autocast where
+                           the CPU has it;
                            penalised architectures reach target_l0 with its controller
                sparsify    its default optimiser, schedule-free Signum, at its lr rule
                            5e-3/√(latents/2¹⁴); no warm-up (Adam only has one)
@@ -34,7 +35,8 @@ run's length where it has schedules, in two settings (``--setting``):
     shared     the same Adam learning rate (``--lr``, 4e-4) for every library, constant,
                with no warm-up:
                saekit      lr_warmup_fraction 0, lr_decay "none", float32 (the peers
-                           train in float32 on CPU), no sparsity warm-up
+                           train in float32 on CPU), no sparsity warm-up, one rate for
+                           every parameter (encoder_lr_scale = decoder_lr_scale = 1)
                sparsify    Adam (not its default Signum), no lr warm-up
                SAELens     lr 4e-4 (already constant without warm-up)
                dict_learn  warmup_steps 0, sparsity_warmup_steps None. Its ConstrainedAdam
@@ -305,8 +307,9 @@ def train_saekit(run: Run, data: StoreData, folder: Path):
     settings: dict[str, Any] = {}
     if run.setting == "shared":
         settings = dict(
-            lr=run.lr, lr_warmup_fraction=0, lr_decay="none", sparsity_warmup_fraction=0, precision="float32"
-        )
+            lr=run.lr, encoder_lr_scale=1.0, decoder_lr_scale=1.0, lr_warmup_fraction=0, lr_decay="none",
+            sparsity_warmup_fraction=0, precision="float32",
+        )  # fmt: skip
     settings.update(run.saekit_options)
     trainer = Trainer(
         sae, data.train, steps=run.steps, batch_size=run.batch, seed=run.seed, device="cpu", progress=False,

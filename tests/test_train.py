@@ -128,6 +128,41 @@ def test_auto_learning_rate_and_clip_come_from_the_architecture(toy_x, tmp_path)
         saekit.train(saekit.create("relu", **relu), toy_x, out=tmp_path, **options, lr=1e-3)
 
 
+def test_each_parameter_trains_at_its_own_rate(toy_x):
+    """W_enc trains at encoder_lr_scale times the lr and W_dec at decoder_lr_scale (1 by
+    default), the biases at the lr, JumpReLU's θ at √d_in times it. Adam's first step moves
+    every entry whose gradient is not zero by its group's rate (m̂/√v̂ = ±1), which is what
+    is checked on the encoder."""
+    from saekit.training.trainer import Trainer
+
+    cases = [
+        ("topk", dict(k=2), {}, {"W_enc": 1.0, "W_dec": 1.0, "b_enc": 1.0, "b_dec": 1.0}),
+        ("topk", dict(k=2), {"encoder_lr_scale": 0.7}, {"W_enc": 0.7, "W_dec": 1.0, "b_enc": 1.0}),
+        ("batchtopk", dict(k=2), {"encoder_lr_scale": 0.5, "decoder_lr_scale": 1.5}, {"W_enc": 0.5, "W_dec": 1.5}),
+        ("jumprelu", dict(target_l0=2), {}, {"W_enc": 1.0, "W_dec": 1.0, "threshold": 4.0}),
+        ("relu", dict(l1_coefficient=1.0), {"decoder_lr_scale": 2.0}, {"W_enc": 1.0, "W_dec": 2.0}),
+    ]
+    for arch, sparsity, options, expected in cases:
+        sae = saekit.create(arch, d_in=16, d_sae=64, **sparsity)
+        trainer = Trainer(
+            sae, toy_x, steps=10, batch_size=64, lr=1e-3, lr_warmup_fraction=0, grad_clip=None, progress=False,
+            precision="float32", **options,
+        )  # fmt: skip
+        before = sae.W_enc.detach().clone()
+        trainer.step(toy_x[:64])
+        rate = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+        named = dict(sae.named_parameters())
+        for name, scale in expected.items():
+            assert rate[id(named[name])] == pytest.approx(1e-3 * scale), (arch, name)
+        moved = (sae.W_enc.detach() - before).abs()
+        assert moved[moved > 0].median() == pytest.approx(1e-3 * expected["W_enc"], rel=1e-3), arch
+        trainer.close()
+    # At 1 (what saekit trained with before the scales existed) they stay out of a run's
+    # identity, so that its older folders resume; another value is in it.
+    assert "encoder_lr_scale" not in TrainConfig().identity()
+    assert TrainConfig(encoder_lr_scale=0.7).identity()["encoder_lr_scale"] == 0.7
+
+
 def test_wrong_width_is_a_clear_error(toy_x):
     with pytest.raises(ValueError, match="d_in=16 but the SAE was made for d_in=20"):
         saekit.train(saekit.create("topk", d_in=20, d_sae=32, k=2), toy_x, steps=1, progress=False)

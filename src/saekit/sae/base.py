@@ -346,10 +346,20 @@ class SparseAutoencoder(nn.Module):
     def coefficient(self, sparsity_scale: float) -> Tensor:
         return self.sparsity_coefficient * sparsity_scale
 
-    def optimizer_groups(self) -> list[dict]:
-        """Parameter groups for the optimiser; a group's ``lr_scale`` multiplies the
-        trainer's learning rate for its parameters (1 when absent)."""
-        return [{"params": list(self.parameters())}]
+    def optimizer_groups(self, encoder_lr_scale: float = 1.0, decoder_lr_scale: float = 1.0) -> list[dict]:
+        """Parameter groups for the optimiser, one per distinct ``lr_scale``, which multiplies
+        the trainer's learning rate for its parameters: ``encoder_lr_scale`` for W_enc,
+        ``decoder_lr_scale`` for W_dec (TrainConfig's fields of those names), times the
+        architecture's own ``lr_scale_of`` each parameter."""
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, parameter in self.named_parameters():
+            role = {"W_enc": encoder_lr_scale, "W_dec": decoder_lr_scale}.get(name, 1.0)
+            groups.setdefault(role * self.lr_scale_of(name), []).append(parameter)
+        return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
+
+    def lr_scale_of(self, name: str) -> float:
+        """The architecture's own multiple of the learning rate for its parameter ``name``."""
+        return 1.0
 
     def recommended_lr(self) -> float:
         """The peak Adam learning rate TrainConfig.lr "auto" trains this SAE with, clipped at
@@ -397,7 +407,8 @@ class SparseAutoencoder(nn.Module):
         others (0.145 at 1.5e-3, 0.132 after 2,000 steps). The penalised architectures keep
         the clip: unclipped, JumpReLU recovers fewer toy directions (92.7% on
         "superposition" against ≥ 95% clipped), and relu's KL is worse. The toy runs
-        (evaluation/toy.py) give their own lr."""
+        (evaluation/toy.py) give their own lr. A slower encoder than decoder
+        (TrainConfig.encoder_lr_scale) is measured in sae/topk.py's docstring."""
         return width_scaled_lr(self.d_sae)
 
     # ---- hooks the trainer calls around each optimiser step -------------------------------

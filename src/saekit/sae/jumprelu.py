@@ -143,15 +143,14 @@ class JumpReluSAE(SparseAutoencoder):
             reconstruction + sparsity, parts, x_hat, entries.indices, f.detach() > 0, self.d_sae
         )
 
-    def optimizer_groups(self) -> list[dict]:
+    def lr_scale_of(self, name: str) -> float:
         """θ learns √d_in times faster than the weights. Adam moves every parameter by about
         the learning rate a step, whatever its scale; encoder weights are O(1/√d_in) while
         thresholds live on the scale of pre-activations, O(1) for activations normalised to
         E‖x‖ = √d_in. At one learning rate θ could travel only ~lr a step, and a run that
         starts with half its features firing would need thousands of steps to reach a
         target L0 of tens."""
-        others = [p for name, p in self.named_parameters() if name != "threshold"]
-        return [{"params": others}, {"params": [self.threshold], "lr_scale": math.sqrt(self.d_in)}]
+        return math.sqrt(self.d_in) if name == "threshold" else 1.0
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

@@ -177,7 +177,10 @@ class Trainer:
             sae.to(device).train()
             # fused: one kernel per parameter for the whole update (CPU and CUDA), not a dozen passes.
             self.optimizer = torch.optim.Adam(
-                sae.optimizer_groups(), lr=cfg.lr, betas=cfg.adam_betas, fused=device.type in ("cpu", "cuda")
+                sae.optimizer_groups(cfg.encoder_lr_scale, cfg.decoder_lr_scale),
+                lr=cfg.lr,
+                betas=cfg.adam_betas,
+                fused=device.type in ("cpu", "cuda"),
             )
             self.step_index, (self.scale, self.target_scale), controller_state = self._start()
         except BaseException:

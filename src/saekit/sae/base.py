@@ -351,10 +351,10 @@ class SparseAutoencoder(nn.Module):
         the trainer's learning rate for its parameters: ``encoder_lr_scale`` for W_enc,
         ``decoder_lr_scale`` for W_dec (TrainConfig's fields of those names), times the
         architecture's own ``lr_scale_of`` each parameter."""
+        role = {"W_enc": encoder_lr_scale, "W_dec": decoder_lr_scale}
         groups: dict[float, list[nn.Parameter]] = {}
         for name, parameter in self.named_parameters():
-            role = {"W_enc": encoder_lr_scale, "W_dec": decoder_lr_scale}.get(name, 1.0)
-            groups.setdefault(role * self.lr_scale_of(name), []).append(parameter)
+            groups.setdefault(role.get(name, 1.0) * self.lr_scale_of(name), []).append(parameter)
         return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
 
     def lr_scale_of(self, name: str) -> float:

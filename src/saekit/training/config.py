@@ -4,7 +4,7 @@ schedules as functions of the step alone (so that a resumed run is exact)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from .._runtime.parsing import (
@@ -17,6 +17,9 @@ from .._runtime.parsing import (
     UnitInterval,
     validate_fields,
 )
+
+ADDED_LATER = ("encoder_lr_scale", "decoder_lr_scale")
+"""TrainConfig fields whose default reproduces what saekit trained before they existed."""
 
 
 @dataclass
@@ -79,9 +82,9 @@ class TrainConfig:
         """The fields that change what training produces (not where, how often it logs, or
         on which device), for comparing a folder's run with a rerun's."""
         skip = {"progress", "log_every", "checkpoint_every", "device"}
-        # Fields added later are left out at the value that trains as saekit did before
-        # them, so that a folder written then is still recognised as the same run.
-        skip |= {name for name in ("encoder_lr_scale", "decoder_lr_scale") if getattr(self, name) == 1.0}
+        # Fields added later are left out at their default, which trains as saekit did
+        # before them, so that a folder written then is still recognised as the same run.
+        skip |= {f.name for f in fields(self) if f.name in ADDED_LATER and getattr(self, f.name) == f.default}
         return {
             name: list(value) if isinstance(value, tuple) else value
             for name, value in vars(self).items()

@@ -383,8 +383,10 @@ def test_a_hostile_size_allocates_nothing(tmp_path):
     folder = saekit.create("topk", d_in=576, d_sae=64, k=4).save(tmp_path / "sae")
     edit_cfg(folder, d_sae=3_000_000)
     child = (
-        f"import resource, saekit\ntry:\n    saekit.load({str(folder)!r})\nexcept saekit.formats.FormatError as e:\n"
-        "    print('refused:', e)\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+        f"import re, saekit\ntry:\n    saekit.load({str(folder)!r})\nexcept saekit.formats.FormatError as e:\n"
+        "    print('refused:', e)\n"
+        # VmHWM, this process's own peak: ru_maxrss keeps the parent's peak across exec.
+        "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) // 1024)"
     )
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
     assert "refused:" in done.stdout and "needs (3000000, 576)" in done.stdout, done.stderr

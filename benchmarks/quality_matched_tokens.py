@@ -81,6 +81,11 @@ first contexts holding N train-mask tokens. The model is the store manifest's
     .venv-bench/bin/python benchmarks/quality_matched_tokens.py --store runs/demo/store \\
         --steps 300 --seeds 0 --only '^topk/' --setting shared --json topk300.json
 
+saekit's own settings. ``--saekit KEY=VALUE`` (repeatable) sets a field of saekit's rows
+over the setting's: a TrainConfig field (``lr=1e-3``, ``encoder_lr_scale=0.7``) or an
+SAEConfig field (``aux_k=16``, ``aux_dead_batches=40``, ``aux_coefficient=0.25``), each
+parsed to its declared type by saekit's config parser; the peers' rows are untouched.
+
 Equal wall time. ``--seconds S`` replaces the step budgets: each row first times 12 of its
 library's own steps (a run thrown away), then trains for as many steps as fit in S seconds
 at that pace, with its schedules set for that length (saekit's defaults decay the lr over
@@ -177,6 +182,8 @@ class Run:
     """The peer's sparsity coefficient (penalised architectures); None: not swept."""
     saekit_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """saekit rows: TrainConfig fields set over the setting's (``--saekit KEY=VALUE``)."""
+    saekit_sae_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """saekit rows: SAEConfig fields (``--saekit KEY=VALUE`` where KEY is one, e.g. aux_k)."""
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -303,7 +310,7 @@ def train_saekit(run: Run, data: StoreData, folder: Path):
     from saekit.training.trainer import Trainer
 
     options = {"k": run.k} if run.arch in ("topk", "batchtopk") else {"target_l0": run.target_l0}
-    sae = saekit.create(run.arch, d_in=data.d_in, d_sae=run.d_sae, seed=run.seed, **options)
+    sae = saekit.create(run.arch, d_in=data.d_in, d_sae=run.d_sae, seed=run.seed, **options, **run.saekit_sae_options)
     settings: dict[str, Any] = {}
     if run.setting == "shared":
         settings = dict(
@@ -543,22 +550,29 @@ def parse_coefficients(items: list[str]) -> dict[tuple[str, str], list[float]]:
     return out
 
 
-def parse_saekit_options(items: list[str]) -> dict[str, Any]:
-    """``--saekit KEY=VALUE`` items as TrainConfig keyword arguments, parsed to each field's
-    declared type by saekit's own config parser (a wrong name or value stops here, with its
-    message)."""
+def parse_saekit_options(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--saekit KEY=VALUE`` items as (TrainConfig keyword arguments, SAEConfig keyword
+    arguments): each KEY goes to the config that declares it, parsed to that field's declared
+    type by saekit's own config parser (a wrong name or value stops here, with its message)."""
+    import dataclasses as dc
+
     from saekit._runtime.errors import ConfigValueError
     from saekit._runtime.parsing import from_dict
+    from saekit.sae.config import SAEConfig
     from saekit.training.config import TrainConfig
 
     if any("=" not in item or not item.partition("=")[0] for item in items):
         fail(f"--saekit {items}: give KEY=VALUE, e.g. lr=1e-3 or grad_clip=none.")
     texts = dict(item.partition("=")[::2] for item in items)
+    sae_fields = {f.name for f in dc.fields(SAEConfig)} - {"arch", "d_in", "d_sae", "k", "target_l0"}
+    sae_texts = {k: v for k, v in texts.items() if k in sae_fields}
+    train_texts = {k: v for k, v in texts.items() if k not in sae_fields}
     try:
-        config = from_dict(TrainConfig, texts, where="--saekit")
+        train = from_dict(TrainConfig, train_texts, where="--saekit")
+        sae = from_dict(SAEConfig, {"arch": "topk", "d_in": 1, "d_sae": 1, **sae_texts}, where="--saekit")
     except ConfigValueError as error:
         fail(str(error))
-    return {name: getattr(config, name) for name in texts}
+    return {n: getattr(train, n) for n in train_texts}, {n: getattr(sae, n) for n in sae_texts}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -583,7 +597,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="the model for the splice (default: the store's manifest's)")
     parser.add_argument(
         "--saekit", action="append", default=[], metavar="KEY=VALUE",
-        help="saekit rows: a TrainConfig field over the setting's, e.g. lr=1e-3 or grad_clip=none (repeatable)",
+        help="saekit rows: a TrainConfig field over the setting's (lr=1e-3, grad_clip=none) or an "
+        "SAEConfig field (aux_k=16, aux_dead_batches=40) (repeatable)",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
     args = parser.parse_args(argv)
@@ -596,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"--seconds {args.seconds:g}: give a training time > 0 per row.")
         budgets = [0]  # each row's steps come from timing its own steps (steps_for)
     coefficients = parse_coefficients(args.coefficients)
-    saekit_options = parse_saekit_options(args.saekit)
+    saekit_options, saekit_sae_options = parse_saekit_options(args.saekit)
     names = [(a, lib) for a in ARCHS for lib in libraries_for(a) if re.search(args.only, f"{a}/{lib}")]
     if not names:
         fail(f"--only {args.only!r} matches no row (rows are ARCH/LIBRARY, e.g. topk/saekit).")
@@ -645,6 +660,7 @@ def main(argv: list[str] | None = None) -> None:
                                 batch=args.batch, d_sae=args.d_sae, k=args.k, lr=args.lr, target_l0=target,
                                 coefficient=coefficient,
                                 saekit_options=saekit_options if library == "saekit" else {},
+                                saekit_sae_options=saekit_sae_options if library == "saekit" else {},
                             )  # fmt: skip
                             if args.seconds is not None:
                                 run = dataclasses.replace(run, steps=steps_for(run, data, args.seconds))

@@ -143,7 +143,23 @@ def test_topk_with_auxk(with_dead):
     if with_dead:
         dead[::3] = True
         sae.tokens_since_fired[dead] = 1000
-    check_gradients(sae, lambda p, x: reference_topk(p, x, 5, dead, 6, 1 / 32), torch.randn(BATCH, D_IN))
+    check_gradients(sae, lambda p, x: reference_topk(p, x, 5, dead, 6, 1.0), torch.randn(BATCH, D_IN))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka_batchtopk"])
+def test_auxk_window_counts_batches_and_defaults(arch):
+    """A latent joins AuxK after aux_dead_batches silent batches, long before dead_tokens
+    counts it dead; aux_k defaults to k // 2 and the loss weight to 1."""
+    sae = saekit.create(arch, d_in=D_IN, d_sae=D_SAE, k=5, aux_dead_batches=3)
+    assert sae.aux_k == 2 and sae.cfg.aux_coefficient == 1.0 and sae.cfg.dead_tokens == 1_000_000
+    silent = torch.zeros(D_SAE, dtype=torch.bool)
+    silent[::4] = True
+    x = torch.randn(BATCH, D_IN)
+    for batch in range(1, 5):
+        assert sae.auxk_loss(x, x) is None if batch <= 3 else sae.auxk_loss(x, x) is not None
+        sae.update_firing(~silent, 64)
+        assert torch.equal(sae.aux_dead_mask(), silent if batch >= 3 else torch.zeros_like(silent)), batch
+        assert not sae.dead_mask().any()
 
 
 def test_batchtopk():

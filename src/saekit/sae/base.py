@@ -41,6 +41,7 @@ OPTION_FIELDS = (
     "jumprelu_init_threshold",
     "aux_k",
     "aux_coefficient",
+    "aux_dead_batches",
     "batchtopk_threshold_momentum",
     "group_sizes",
     "group_fractions",
@@ -169,6 +170,9 @@ class SparseAutoencoder(nn.Module):
         # SAELens-compatible weights file (the trainer checkpoints it separately).
         self.register_buffer("tokens_since_fired", torch.zeros(self.cfg.d_sae, dtype=torch.long), persistent=False)
         self._active_share = 1.0  # of the last training batch's [batch, d_sae] entries
+        self.batch_tokens = 0
+        """Tokens in the last (global) training batch, 0 before the first: windows counted
+        in batches (AuxK's) read it; checkpoints carry it."""
 
     # ---- validation ----------------------------------------------------------------------
     @classmethod
@@ -436,6 +440,7 @@ class SparseAutoencoder(nn.Module):
         """fired: [d_sae] bool, whether each feature fired anywhere in the last (global) batch."""
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired.masked_fill_(fired, 0)  # not [fired] = 0: that waits for a GPU
+        self.batch_tokens = n_tokens
 
     def dead_mask(self) -> Tensor:
         """[d_sae] bool: features that have not fired for cfg.dead_tokens training tokens."""

@@ -30,7 +30,7 @@ class BatchTopKSAE(TopKSAE):
     arch = "batchtopk"
     summary = "ReLU of the k·B largest pre-activations of the batch; a running threshold θ at inference; AuxK"
     threshold_kind = "scalar"
-    options = ("aux_k", "aux_coefficient", "batchtopk_threshold_momentum")
+    options = ("aux_k", "aux_coefficient", "aux_dead_batches", "batchtopk_threshold_momentum")
 
     def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator=generator)

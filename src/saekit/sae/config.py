@@ -82,11 +82,22 @@ class SAEConfig:
     jumprelu_init_threshold: NonNegativeFloat = 0.01
     """jumprelu: initial value of every threshold θ_i."""
     aux_k: PositiveInt | None = None
-    """topk, batchtopk, matryoshka_batchtopk: number of dead latents used by the AuxK loss (default d_in // 2)."""
-    aux_coefficient: NonNegativeFloat = 1 / 32
-    """topk, batchtopk, matryoshka_batchtopk: weight of the AuxK loss (Gao et al. 2024)."""
+    """topk, batchtopk, matryoshka_batchtopk: number of dead latents the AuxK loss decodes
+    per token (default k // 2, at least 1; Gao et al.'s d_in // 2 sums hundreds of barely
+    aligned latents, which pulls each less towards what the live ones miss: TopKSAE's table)."""
+    aux_coefficient: NonNegativeFloat = 1.0
+    """topk, batchtopk, matryoshka_batchtopk: weight of the AuxK loss (Gao et al. 2024 use
+    1/32 with a 10M-token window; with the short window of aux_dead_batches, 1 revives
+    more: TopKSAE's table)."""
     dead_tokens: PositiveInt = 1_000_000
-    """A feature that has not fired for this many training tokens counts as dead (AuxK, logs)."""
+    """A feature that has not fired for this many training tokens counts as dead (the
+    training log's dead_fraction; AuxK's window is the shorter aux_dead_batches)."""
+    aux_dead_batches: PositiveInt = 10
+    """topk, batchtopk, matryoshka_batchtopk: a latent silent for this many training batches
+    (or dead_tokens tokens, if fewer) joins the AuxK loss. Counted in batches because what
+    matters is how many optimiser steps a latent has gone without gradient: by the time a
+    1M-token window opens, the latents that died early have been left behind (TopKSAE's
+    table)."""
     batchtopk_threshold_momentum: float = 0.99
     """batchtopk, matryoshka_batchtopk: momentum of the running inference threshold, in [0, 1)
     (what θ is during training; the last step sets it from the last batch)."""

@@ -48,6 +48,8 @@ def save_checkpoint(
         "buffer.tokens_since_fired": sae.tokens_since_fired.cpu(),
         # It picks the next step's path (dense or sparse), so an exact resume needs it.
         "buffer.active_share": torch.tensor(sae._active_share, dtype=torch.float64),
+        # AuxK's dead window counts batches of this many tokens.
+        "buffer.batch_tokens": torch.tensor(sae.batch_tokens, dtype=torch.int64),
     }
     if hasattr(sae, "sparsity_coefficient"):
         tensors["buffer.sparsity_coefficient"] = sae.sparsity_coefficient.cpu()
@@ -112,6 +114,8 @@ def load_checkpoint(
         sae.tokens_since_fired.copy_(tensors["buffer.tokens_since_fired"])
         if "buffer.active_share" in tensors:  # absent from older checkpoints: the dense path first
             sae._active_share = float(tensors["buffer.active_share"])
+        if "buffer.batch_tokens" in tensors:  # absent from older checkpoints: set by the next step
+            sae.batch_tokens = int(tensors["buffer.batch_tokens"])
         if hasattr(sae, "sparsity_coefficient"):
             sae.sparsity_coefficient.copy_(tensors["buffer.sparsity_coefficient"])
     params = dict(sae.named_parameters())

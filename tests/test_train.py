@@ -79,6 +79,32 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, toy_x, a
     assert [entry["step"] for entry in log_b] == [entry["step"] for entry in log_a] == list(range(10, 61, 10))
 
 
+def test_an_earlier_saekits_unfinished_run_resumes_where_its_settings_still_hold(tmp_path, toy_x):
+    """A folder whose identity an earlier saekit wrote (options of other architectures at
+    their old defaults, a newer option absent) resumes; one whose architecture's own option
+    had another default is refused, with the difference named."""
+    options = dict(steps=60, batch_size=256, lr=3e-3, precision="float32", progress=False, checkpoint_every=20)
+
+    def interrupted(arch, folder, **sparsity):
+        with pytest.raises(Interrupted):
+            saekit.train(saekit.create(arch, d_in=16, d_sae=64, seed=1, **sparsity), InterruptAfter(toy_x, 45),
+                         out=folder, **options)  # fmt: skip
+        manifest = folder / "saekit.json"
+        saved = json.loads(manifest.read_text())
+        sae = saved["identity"]["sae"]
+        sae.pop("aux_dead_batches", None)  # added since
+        sae.update(aux_k=None, aux_coefficient=1 / 32, decoder_norm="unit", jumprelu_bandwidth=0.05)
+        manifest.write_text(json.dumps(saved))
+
+    interrupted("jumprelu", tmp_path / "j", target_l0=3)
+    resumed = saekit.train(saekit.create("jumprelu", d_in=16, d_sae=64, seed=1, target_l0=3), toy_x,
+                           out=tmp_path / "j", **options)  # fmt: skip
+    assert resumed.steps == 60
+    interrupted("topk", tmp_path / "t", k=3)
+    with pytest.raises(FolderError, match=r"sae.aux_coefficient: 0.03125 -> 1.0"):
+        saekit.train(saekit.create("topk", d_in=16, d_sae=64, seed=1, k=3), toy_x, out=tmp_path / "t", **options)
+
+
 def test_a_finished_run_is_not_touched_without_resume(tmp_path, toy_x):
     options = dict(steps=5, batch_size=256, progress=False)
     saekit.train(saekit.create("topk", d_in=16, d_sae=32, k=2), toy_x, out=tmp_path, **options)

@@ -54,6 +54,23 @@ def check(cfg: SAEConfig) -> None:
     architecture(cfg.arch).check_config(cfg)
 
 
+def config_identity(config: dict) -> dict:
+    """An SAE config (a dict, perhaps written by an earlier saekit) as today's SAEConfig
+    holds it, less what its result does not depend on: where it was read from (provenance,
+    hook, model) and the option fields its architecture does not use (check_config holds
+    them at their defaults). A run's identity records this, so that a new option, or a new
+    default of an option another architecture uses, does not orphan an unfinished run."""
+    from .base import OPTION_FIELDS
+
+    cfg = SAEConfig.from_dict(dict(config), source="a saved run identity").to_dict()
+    used = architecture(cfg["arch"]).options
+    return {
+        k: v
+        for k, v in cfg.items()
+        if k not in ("provenance", "hook", "model") and (k not in OPTION_FIELDS or k in used)
+    }
+
+
 def create(arch: str, *, d_in: int, d_sae: int, seed: int = 0, **options) -> SparseAutoencoder:
     """Make an untrained SAE, e.g. ``create("topk", d_in=576, d_sae=9216, k=32)``.
 

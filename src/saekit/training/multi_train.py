@@ -35,7 +35,7 @@ from ..data.live import LiveActivations
 from ..data.shuffle import DEFAULT_WINDOW_CHUNKS
 from ..sae.base import SparseAutoencoder
 from .config import TrainConfig
-from .trainer import Trainer, TrainResult
+from .trainer import Trainer, TrainResult, normalize_identity
 
 
 @dataclass
@@ -179,7 +179,10 @@ def _save_into(trainer: Trainer, sae: SparseAutoencoder) -> None:
     """Save a finished run's SAE as sae/ in its folder, recorded there as saekit's."""
     from .._runtime.folder import OutputFolder
 
-    with OutputFolder(trainer.out, kind="training", identity=trainer.identity_at_start, owns=("sae",)) as folder:
+    identity = trainer.identity_at_start
+    with OutputFolder(
+        trainer.out, kind="training", identity=identity, owns=("sae",), normalize=normalize_identity
+    ) as folder:
         sae.save(folder.output("sae"), overwrite=folder.has("sae"))
         folder.finished("sae")
 

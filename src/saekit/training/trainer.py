@@ -30,6 +30,7 @@ from .._runtime.folder import OutputFolder
 from ..data.pairs import Pair, as_pair, check_fits
 from ..data.source import as_source, describe_nonfinite, fingerprint_of
 from ..sae.base import SparseAutoencoder
+from ..sae.registry import config_identity
 from .checkpoint import LOG_FILE, load_checkpoint, read_log, save_checkpoint
 from .config import TrainConfig
 from .controller import MAX_SHIFT, L0Controller, fit_stride, margin_counts
@@ -124,6 +125,11 @@ def train(
         trainer.close()
 
 
+def normalize_identity(saved: dict) -> dict:
+    """A training run's identity written by an earlier saekit, as today's would be written."""
+    return {**saved, "sae": config_identity(saved["sae"])}
+
+
 class Trainer:
     """One SAE's training, a step at a time. ``train`` drives one; ``multi_train`` drives
     several in lockstep from one stream of model activations.
@@ -163,7 +169,11 @@ class Trainer:
         self.identity_at_start = self.identity() if self.out is not None else None
         if self.out is not None and ctx.is_main:
             self.folder = OutputFolder(
-                self.out, kind="training", identity=self.identity_at_start, owns=("checkpoint", LOG_FILE)
+                self.out,
+                kind="training",
+                identity=self.identity_at_start,
+                owns=("checkpoint", LOG_FILE),
+                normalize=normalize_identity,
             )
             self.folder.open()
             if self.folder.resumed and not resume and self.checkpoint_dir.exists():
@@ -202,7 +212,7 @@ class Trainer:
     def identity(self) -> dict[str, Any]:
         """What this run's result depends on: the SAE's configuration and initial weights,
         the trainer's settings and the data."""
-        sae_cfg = {k: v for k, v in self.sae.cfg.to_dict().items() if k not in ("provenance", "hook", "model")}
+        sae_cfg = config_identity(self.sae.cfg.to_dict())
         weights = b"".join(
             t.detach().float().cpu().contiguous().numpy().tobytes()
             for _, t in sorted(self.sae.state_for_save().items())

@@ -32,7 +32,16 @@ KL and ΔCE on SmolLM2-135M layers.15.resid_post (the demo's store; k 32, 4,608 
     batchtopk  1M tokens      288    1/32    0.0865  1.4%   0.270  –       (before)
     batchtopk  10 batches     16     1       0.0869  0.6%   0.268  0.057   (now)
 
-(KL over seeds 0-2 at the old settings: 0.216, 0.224, 0.223.) On the toys
+At 2,000 steps (``--steps 2000``, seed 0), before and now: TopK FVU 0.0680 and 0.0676,
+dead 1.9% and 1.8%, KL 0.194 and 0.197; BatchTopK 0.0629 and 0.0629, 0.5% and 0.3%,
+0.164 and 0.168. So the window cures the early deaths, not the ones of a long run ("dead"
+here: never fires on the 32k held-out rows; not yet traced). With encoder_lr_scale 0.7
+(below) TopK at 2,000 steps reaches FVU 0.0662, 0.5% dead, KL 0.181 (0.0665, 0.9%, 0.186
+with the old AuxK).
+
+Seeds 0-2, before: FVU 0.0716 0.0714 0.0718, dead 1.0 0.9 0.7%, KL 0.216 0.224 0.223; now:
+0.0717 0.0716 0.0719, 0.3 0.2 0.2%, 0.218 0.220 0.220. BatchTopK now, seeds 0-2: 0.0869
+0.0858 0.0861, 0.6 0.3 0.5%, 0.268 0.264 0.262. On the toys
 (benchmarks/toy_recovery.py; fraction of the true directions found, seeds 0 and 1):
 
     setting        arch        before        window 10, aux_k 2, 1   window 10, aux_k 6, 1
@@ -46,9 +55,9 @@ A longer window loses what the short one gains (BatchTopK on "easy", aux_k 1 or 
 at 10 batches, 0.867 at 20, 0.805 at 30, 0.773 at 50), and so does a lighter weight.
 
 A slower encoder (TrainConfig.encoder_lr_scale, 1 by default) loses fewer latents early;
-the decoder's rate is what buys FVU. Measured on SmolLM2-135M layers.15.resid_post (the
-demo's store), k 32, 4,608 latents, batches of 4,096 tokens, the trainer's other defaults
-(lr 1.5e-3), held-out FVU, dead latents and spliced KL per token, by
+the decoder's rate is what buys FVU. Measured with the old AuxK (1M-token window) on
+SmolLM2-135M layers.15.resid_post (the demo's store), k 32, 4,608 latents, batches of
+4,096 tokens, the trainer's other defaults (lr 1.5e-3), held-out FVU, dead latents and spliced KL per token, by
 benchmarks/quality_matched_tokens.py (``--only '^topk/saekit$' --setting defaults
 --splice-tokens 4096 --saekit encoder_lr_scale=E --saekit decoder_lr_scale=D``):
 

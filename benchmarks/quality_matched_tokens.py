@@ -554,8 +554,6 @@ def parse_saekit_options(items: list[str]) -> tuple[dict[str, Any], dict[str, An
     """``--saekit KEY=VALUE`` items as (TrainConfig keyword arguments, SAEConfig keyword
     arguments): each KEY goes to the config that declares it, parsed to that field's declared
     type by saekit's own config parser (a wrong name or value stops here, with its message)."""
-    import dataclasses as dc
-
     from saekit._runtime.errors import ConfigValueError
     from saekit._runtime.parsing import from_dict
     from saekit.sae.config import SAEConfig
@@ -564,7 +562,7 @@ def parse_saekit_options(items: list[str]) -> tuple[dict[str, Any], dict[str, An
     if any("=" not in item or not item.partition("=")[0] for item in items):
         fail(f"--saekit {items}: give KEY=VALUE, e.g. lr=1e-3 or grad_clip=none.")
     texts = dict(item.partition("=")[::2] for item in items)
-    sae_fields = {f.name for f in dc.fields(SAEConfig)} - {"arch", "d_in", "d_sae", "k", "target_l0"}
+    sae_fields = {f.name for f in dataclasses.fields(SAEConfig)} - {"arch", "d_in", "d_sae", "k", "target_l0"}
     sae_texts = {k: v for k, v in texts.items() if k in sae_fields}
     train_texts = {k: v for k, v in texts.items() if k not in sae_fields}
     try:

@@ -35,7 +35,7 @@ from ..data.live import LiveActivations
 from ..data.shuffle import DEFAULT_WINDOW_CHUNKS
 from ..sae.base import SparseAutoencoder
 from .config import TrainConfig
-from .trainer import Trainer, TrainResult, normalize_identity
+from .trainer import Trainer, TrainResult, training_folder
 
 
 @dataclass
@@ -177,12 +177,7 @@ def multi_train(
 
 def _save_into(trainer: Trainer, sae: SparseAutoencoder) -> None:
     """Save a finished run's SAE as sae/ in its folder, recorded there as saekit's."""
-    from .._runtime.folder import OutputFolder
-
-    identity = trainer.identity_at_start
-    with OutputFolder(
-        trainer.out, kind="training", identity=identity, owns=("sae",), normalize=normalize_identity
-    ) as folder:
+    with training_folder(trainer.out, trainer.identity_at_start, ("sae",)) as folder:
         sae.save(folder.output("sae"), overwrite=folder.has("sae"))
         folder.finished("sae")
 

@@ -130,6 +130,12 @@ def normalize_identity(saved: dict) -> dict:
     return {**saved, "sae": config_identity(saved["sae"])}
 
 
+def training_folder(out: Path, identity: dict, owns: Sequence[str]) -> OutputFolder:
+    """The output folder of a training run (unopened): its kind, identity and the
+    normalisation of identities saved by an earlier saekit, for whoever writes into it."""
+    return OutputFolder(out, kind="training", identity=identity, owns=owns, normalize=normalize_identity)
+
+
 class Trainer:
     """One SAE's training, a step at a time. ``train`` drives one; ``multi_train`` drives
     several in lockstep from one stream of model activations.
@@ -168,13 +174,7 @@ class Trainer:
         self.log_path = self.out / LOG_FILE if self.out is not None else None
         self.identity_at_start = self.identity() if self.out is not None else None
         if self.out is not None and ctx.is_main:
-            self.folder = OutputFolder(
-                self.out,
-                kind="training",
-                identity=self.identity_at_start,
-                owns=("checkpoint", LOG_FILE),
-                normalize=normalize_identity,
-            )
+            self.folder = training_folder(self.out, self.identity_at_start, ("checkpoint", LOG_FILE))
             self.folder.open()
             if self.folder.resumed and not resume and self.checkpoint_dir.exists():
                 self.folder.close()

@@ -155,15 +155,17 @@ def test_auto_learning_rate_and_clip_come_from_the_architecture(toy_x, tmp_path)
 
 
 def test_each_parameter_trains_at_its_own_rate(toy_x):
-    """W_enc trains at encoder_lr_scale times the lr and W_dec at decoder_lr_scale (1 by
-    default), the biases at the lr, JumpReLU's θ at √d_in times it. Adam's first step moves
-    every entry whose gradient is not zero by its group's rate (m̂/√v̂ = ±1), which is what
-    is checked on the encoder."""
+    """W_enc trains at encoder_lr_scale times the lr (by default its architecture's: 0.7 for
+    TopK, 1 for the others) and W_dec at decoder_lr_scale (1 by default), the biases at the
+    lr, JumpReLU's θ at √d_in times it. Adam's first step moves every entry whose gradient is
+    not zero by its group's rate (m̂/√v̂ = ±1), which is what is checked on the encoder."""
     from saekit.training.trainer import Trainer
 
     cases = [
-        ("topk", dict(k=2), {}, {"W_enc": 1.0, "W_dec": 1.0, "b_enc": 1.0, "b_dec": 1.0}),
-        ("topk", dict(k=2), {"encoder_lr_scale": 0.7}, {"W_enc": 0.7, "W_dec": 1.0, "b_enc": 1.0}),
+        ("topk", dict(k=2), {}, {"W_enc": 0.7, "W_dec": 1.0, "b_enc": 1.0, "b_dec": 1.0}),
+        ("topk", dict(k=2), {"encoder_lr_scale": 1.0}, {"W_enc": 1.0, "W_dec": 1.0, "b_enc": 1.0}),
+        ("batchtopk", dict(k=2), {}, {"W_enc": 1.0, "W_dec": 1.0, "b_enc": 1.0}),
+        ("matryoshka_batchtopk", dict(k=2), {}, {"W_enc": 1.0, "W_dec": 1.0}),
         ("batchtopk", dict(k=2), {"encoder_lr_scale": 0.5, "decoder_lr_scale": 1.5}, {"W_enc": 0.5, "W_dec": 1.5}),
         ("jumprelu", dict(target_l0=2), {}, {"W_enc": 1.0, "W_dec": 1.0, "threshold": 4.0}),
         ("relu", dict(l1_coefficient=1.0), {"decoder_lr_scale": 2.0}, {"W_enc": 1.0, "W_dec": 2.0}),
@@ -184,9 +186,14 @@ def test_each_parameter_trains_at_its_own_rate(toy_x):
         assert moved[moved > 0].median() == pytest.approx(1e-3 * expected["W_enc"], rel=1e-3), arch
         trainer.close()
     # At 1 (what saekit trained with before the scales existed) they stay out of a run's
-    # identity, so that its older folders resume; another value is in it.
-    assert "encoder_lr_scale" not in TrainConfig().identity()
-    assert TrainConfig(encoder_lr_scale=0.7).identity()["encoder_lr_scale"] == 0.7
+    # identity, so that its older folders resume; another value is in it, and "auto" is
+    # recorded as the value it stands for.
+    relu = saekit.create("relu", d_in=16, d_sae=64, l1_coefficient=1.0)
+    topk = saekit.create("topk", d_in=16, d_sae=64, k=2)
+    assert "encoder_lr_scale" not in TrainConfig().for_sae(relu).identity()
+    assert TrainConfig().for_sae(topk).identity()["encoder_lr_scale"] == 0.7
+    assert "encoder_lr_scale" not in TrainConfig(encoder_lr_scale=1.0).for_sae(topk).identity()
+    assert TrainConfig(encoder_lr_scale=0.5).for_sae(relu).identity()["encoder_lr_scale"] == 0.5
 
 
 def test_wrong_width_is_a_clear_error(toy_x):

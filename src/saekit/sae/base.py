@@ -126,6 +126,9 @@ class SparseAutoencoder(nn.Module):
     default_grad_clip: ClassVar[float | None] = 1.0
     """The trainer's global gradient-norm clip when none is given (TrainConfig.grad_clip
     "auto"); None: no clipping."""
+    default_encoder_lr_scale: ClassVar[float] = 1.0
+    """W_enc's learning rate as a multiple of the trainer's when none is given
+    (TrainConfig.encoder_lr_scale "auto")."""
     sparse_below: float = 0.04
     """Architectures with a sparse training path (relu, gated, jumprelu) take it on CPU once
     the last training batch had fewer than this share of its [batch, d_sae] entries active:

@@ -4,7 +4,7 @@ schedules as functions of the step alone (so that a resumed run is exact)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from .._runtime.parsing import (
@@ -18,8 +18,9 @@ from .._runtime.parsing import (
     validate_fields,
 )
 
-ADDED_LATER = ("encoder_lr_scale", "decoder_lr_scale")
-"""TrainConfig fields whose default reproduces what saekit trained before they existed."""
+ADDED_LATER = {"encoder_lr_scale": 1.0, "decoder_lr_scale": 1.0}
+"""TrainConfig fields added later, with the value that reproduces what saekit trained
+before they existed."""
 
 
 @dataclass
@@ -32,11 +33,11 @@ class TrainConfig:
     """Peak Adam learning rate; "auto": the SAE's ``recommended_lr()`` — for the TopK family
     1.5e-3·√(4608 / d_sae), the same for JumpReLU and ReLU, two thirds of it for gated (the
     measurements are in sae/base.py's ``SparseAutoencoder.recommended_lr``)."""
-    encoder_lr_scale: PositiveFloat = 1.0
-    """W_enc's learning rate as a multiple of lr. Below 1 fewer latents die early: for TopK
-    on SmolLM2 at 0.7, 0.2% dead after 300 steps against 0.9%, and at 2,000 steps a lower
-    FVU and KL, but on the toy data of evaluation/toy.py fewer true directions recovered
-    (sae/topk.py has the measurements)."""
+    encoder_lr_scale: PositiveFloat | Literal["auto"] = "auto"
+    """W_enc's learning rate as a multiple of lr; "auto": the architecture's (its class's
+    ``default_encoder_lr_scale``: 0.7 for TopK, 1 for every other). A slower encoder than
+    decoder loses fewer latents; for TopK it also buys a lower FVU and KL in long runs, for
+    BatchTopK it does not (sae/topk.py has the measurements)."""
     decoder_lr_scale: PositiveFloat = 1.0
     """W_dec's learning rate as a multiple of lr."""
     lr_warmup_fraction: Fraction = 0.02
@@ -82,9 +83,9 @@ class TrainConfig:
         """The fields that change what training produces (not where, how often it logs, or
         on which device), for comparing a folder's run with a rerun's."""
         skip = {"progress", "log_every", "checkpoint_every", "device"}
-        # Fields added later are left out at their default, which trains as saekit did
-        # before them, so that a folder written then is still recognised as the same run.
-        skip |= {f.name for f in fields(self) if f.name in ADDED_LATER and getattr(self, f.name) == f.default}
+        # Fields added later are left out at the value that trains as saekit did before
+        # them, so that a folder written then is still recognised as the same run.
+        skip |= {name for name, before in ADDED_LATER.items() if getattr(self, name) == before}
         return {
             name: list(value) if isinstance(value, tuple) else value
             for name, value in vars(self).items()
@@ -93,12 +94,16 @@ class TrainConfig:
 
     def for_sae(self, sae) -> TrainConfig:
         """This config with its "auto" fields set from the SAE's recommendations (lr:
-        ``sae.recommended_lr()``, grad_clip: its class's ``default_grad_clip``), so that a run
-        records, and compares, the values it trained with."""
+        ``sae.recommended_lr()``, grad_clip and encoder_lr_scale: its class's
+        ``default_grad_clip`` and ``default_encoder_lr_scale``), so that a run records, and
+        compares, the values it trained with."""
         return replace(
             self,
             lr=sae.recommended_lr() if self.lr == "auto" else self.lr,
             grad_clip=sae.default_grad_clip if self.grad_clip == "auto" else self.grad_clip,
+            encoder_lr_scale=(
+                sae.default_encoder_lr_scale if self.encoder_lr_scale == "auto" else self.encoder_lr_scale
+            ),
         )
 
     # ---- schedules (functions of the step alone, so resume is exact) ------------------------

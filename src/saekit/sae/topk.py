@@ -54,7 +54,7 @@ Seeds 0-2, before: FVU 0.0716 0.0714 0.0718, dead 1.0 0.9 0.7%, KL 0.216 0.224 0
 A longer window loses what the short one gains (BatchTopK on "easy", aux_k 1 or 2: 0.922
 at 10 batches, 0.867 at 20, 0.805 at 30, 0.773 at 50), and so does a lighter weight.
 
-A slower encoder (TrainConfig.encoder_lr_scale; 0.7 by default for TopK since, see
+A slower encoder (TrainConfig.encoder_lr_scale; TopK's default is 0.7, see
 ``TopKSAE.default_encoder_lr_scale``) loses fewer latents early; the decoder's rate is what
 buys FVU. Measured with the old AuxK (1M-token window) on
 SmolLM2-135M layers.15.resid_post (the demo's store), k 32, 4,608 latents, batches of
@@ -128,7 +128,7 @@ class TopKSAE(SparseAutoencoder):
     sparsify's best at 300 steps is 0.1026, KL 0.347, 0.1% dead); a long one gains 1.6% of
     FVU and 8% of KL and loses a third as many latents. On the toys (evaluation/toy.py, seed
     0) TopK still recovers every true direction at 0.7 (easy and superposition: 1.000). Its
-    subclasses do not inherit it (BatchTopKSAE.default_encoder_lr_scale)."""
+    subclasses set 1 again (BatchTopKSAE.default_encoder_lr_scale)."""
 
     def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator=generator)

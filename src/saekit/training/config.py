@@ -97,14 +97,12 @@ class TrainConfig:
         ``sae.recommended_lr()``, grad_clip and encoder_lr_scale: its class's
         ``default_grad_clip`` and ``default_encoder_lr_scale``), so that a run records, and
         compares, the values it trained with."""
-        return replace(
-            self,
-            lr=sae.recommended_lr() if self.lr == "auto" else self.lr,
-            grad_clip=sae.default_grad_clip if self.grad_clip == "auto" else self.grad_clip,
-            encoder_lr_scale=(
-                sae.default_encoder_lr_scale if self.encoder_lr_scale == "auto" else self.encoder_lr_scale
-            ),
-        )
+        recommended = {
+            "lr": sae.recommended_lr(),
+            "grad_clip": sae.default_grad_clip,
+            "encoder_lr_scale": sae.default_encoder_lr_scale,
+        }
+        return replace(self, **{name: value for name, value in recommended.items() if getattr(self, name) == "auto"})
 
     # ---- schedules (functions of the step alone, so resume is exact) ------------------------
     def lr_at(self, step: int) -> float:

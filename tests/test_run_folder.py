@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,10 @@ from safetensors.torch import load_file
 from test_bad_input import TRAIN, make_store
 
 from saekit.app.cli import main
+from saekit.app.config import RunConfig
+from saekit.app.pipeline import normalize_identity, run_identity
+from saekit.sae import registry
+from saekit.sae.topk import TopKSAE
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -53,12 +59,49 @@ def test_a_rerun_with_changed_options_is_refused_with_the_difference(tmp_path, c
     assert code == 0 and same(before, weights(out / "sae"))
     code, err = train(capsys, store, out, "--k", "8", "--lr", "0.01")
     assert code == 2 and len(err.strip().splitlines()) == 1
-    for fragment in ("other settings", "sae.k: 4 -> 8", 'train.lr: "auto" -> 0.01', "another --out", "--overwrite"):
+    for fragment in ("other settings", "sae.k: 4 -> 8", "another --out", "--overwrite"):
         assert fragment in err, err
+    assert re.search(r"train\.lr: [0-9.e-]+ -> 0\.01", err), err  # "auto" as it was resolved
     assert same(before, weights(out / "sae"))  # nothing was touched
     code, err = train(capsys, store, out, "--k", "8", "--lr", "0.01", "--overwrite")
     assert code == 0, err
     assert json.loads((out / "sae" / "cfg.json").read_text())["saekit"]["config"]["k"] == 8
+
+
+def test_a_finished_sae_is_not_reused_once_saekits_defaults_change(tmp_path, capsys, store, monkeypatch):
+    """A folder records the values its "auto" settings resolved to, so a rerun of the same
+    command after the architecture's default changed is refused, not answered with the
+    SAE trained under the old default."""
+    out = tmp_path / "r"
+    assert train(capsys, store, out)[0] == 0
+    before, written = weights(out / "sae"), (out / "sae" / "sae_weights.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(TopKSAE, "default_encoder_lr_scale", 0.5)
+    code, err = train(capsys, store, out)
+    assert code == 2 and "train.encoder_lr_scale: 0.7 -> 0.5" in err, err
+    assert same(before, weights(out / "sae"))
+    monkeypatch.undo()
+    assert train(capsys, store, out)[0] == 0  # today's defaults again: done already, not retrained
+    assert (out / "sae" / "sae_weights.safetensors").stat().st_mtime_ns == written
+
+
+def test_a_runs_identity_reads_back_as_written_and_pins_the_resolved_defaults(monkeypatch):
+    """pipeline.run_identity records the training settings resolved for the model's width;
+    normalize_identity (how a saved identity is re-read) leaves it unchanged, for every
+    architecture, including those whose later-added fields sit at their old value."""
+    config = RunConfig.from_dict({"train": {"steps": 10}})
+    for arch in registry.ARCHITECTURES:
+        section = replace(config.sae, arch=arch, k=4, target_l0=None if registry.uses_k(arch) else 4.0)
+        run = replace(config, sae=section)
+        identity = run_identity(run, 576)
+        assert identity["config"]["train"]["lr"] != "auto"
+        assert normalize_identity(json.loads(json.dumps(identity))) == identity, arch
+    topk = replace(config, sae=replace(config.sae, arch="topk", k=4))
+    monkeypatch.setattr(TopKSAE, "default_encoder_lr_scale", 0.5)
+    assert run_identity(topk, 576)["config"]["train"]["encoder_lr_scale"] == 0.5
+    # an identity saved before the field existed trained at 1, and is re-read so
+    saved = run_identity(topk, 576)
+    del saved["config"]["train"]["encoder_lr_scale"]
+    assert "encoder_lr_scale" not in normalize_identity(saved)["config"]["train"]  # 1: left out
 
 
 def test_overwrite_deletes_only_what_saekit_wrote(tmp_path, capsys, store):
@@ -175,4 +218,4 @@ def test_one_seed_one_sae_from_train_run_and_sweep(tmp_path, capsys):
     assert not same(from_run, weights(tmp_path / "t2" / "sae"))
     # and a rerun of the run with another option is refused, showing it
     assert main(["run", "--out", str(run), *small, "--train.lr", "0.01"]) == 2
-    assert 'train.lr: "auto" -> 0.01' in capsys.readouterr().err
+    assert re.search(r"train\.lr: [0-9.e-]+ -> 0\.01", capsys.readouterr().err)

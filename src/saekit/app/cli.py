@@ -155,7 +155,13 @@ def cmd_train(args: argparse.Namespace) -> None:
                     owns=OUTPUTS,
                     overwrite=args.overwrite,
                     identity=identity(
-                        section, train_cfg, store.fingerprint(), hook=hook, model=model, hook_out=hook_out
+                        section,
+                        train_cfg,
+                        store.fingerprint(),
+                        d_in=store.d_in,
+                        hook=hook,
+                        model=model,
+                        hook_out=hook_out,
                     ),
                 )
                 folder.open()

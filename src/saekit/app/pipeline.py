@@ -307,21 +307,33 @@ class Run:
         return loggers
 
 
-def run_identity(config: RunConfig) -> dict:
-    """What a run's outputs depend on: its settings and the content of its corpus and model."""
+def run_identity(config: RunConfig, d_in: int) -> dict:
+    """What a run's outputs depend on: its settings (training's "auto" values resolved for
+    the model's width ``d_in``, so that a run made with other defaults is not reused) and
+    the content of its corpus and model."""
     from ..data.corpus import corpus_fingerprint, default_corpus_path
     from ..data.model import model_fingerprint
+    from .recipes import resolved_train
 
     path = default_corpus_path() if config.corpus.path == "default" else Path(config.corpus.path).expanduser()
     inputs = {"corpus": corpus_fingerprint(path), "model": model_fingerprint(config.model.name)}
+    settings = config.identity()
     if config.sae.load:
         inputs["sae"] = sae_fingerprint(config.sae.load)
-    return {"config": config.identity(), "inputs": inputs}
+    else:
+        settings["train"] = resolved_train(config.sae, config.train, d_in).identity()
+    return {"config": settings, "inputs": inputs}
 
 
 def normalize_identity(saved: dict) -> dict:
-    """A run identity written by an earlier saekit, as today's config would write it."""
-    return {**saved, "config": RunConfig.from_dict(saved["config"]).identity()}
+    """A run identity written by an earlier saekit, as today's config would write it. A
+    training field it lacks was added later and trained at its value before
+    (training/config.py ``ADDED_LATER``), not at today's default."""
+    from ..training.config import ADDED_LATER
+
+    config = dict(saved["config"])
+    config["train"] = {**ADDED_LATER, **config.get("train", {})}
+    return {**saved, "config": RunConfig.from_dict(config).identity()}
 
 
 def sae_fingerprint(source: str) -> str:
@@ -340,11 +352,12 @@ def prepare(folder: str | Path, config: RunConfig, *, overwrite: bool = False) -
     from ..data.probe import model_width
 
     folder = Path(folder)
-    config.check(model_width(config.model.name))
+    d_in = model_width(config.model.name)
+    config.check(d_in)
     output = OutputFolder(
         folder,
         kind=KIND,
-        identity=run_identity(config),
+        identity=run_identity(config, d_in),
         owns=("config.json", *OUTPUTS.values(), "train"),
         overwrite=overwrite,
         normalize=normalize_identity,
@@ -372,7 +385,10 @@ def open_run(folder: str | Path, *, write: bool) -> Run:
     config = RunConfig.from_file(config_file)
     if not write:
         return Run(folder, config)
-    output = OutputFolder(folder, kind=KIND, identity=run_identity(config), normalize=normalize_identity)
+    from ..data.probe import model_width
+
+    identity = run_identity(config, model_width(config.model.name))
+    output = OutputFolder(folder, kind=KIND, identity=identity, normalize=normalize_identity)
     output.open()
     if not output.resumed:
         output.close()

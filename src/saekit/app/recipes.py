@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
 from .._runtime.distributed import DistContext
 from .._runtime.folder import OutputFolder
 from ..formats.saekit import load_sae
@@ -47,20 +49,32 @@ def build_sae(
     return sae
 
 
+def resolved_train(section: SAESection, train_cfg: TrainConfig, d_in: int) -> TrainConfig:
+    """``train_cfg`` with its "auto" fields (lr, grad_clip, encoder_lr_scale) set as the
+    trainer will set them for this section's SAE, so that a folder records the values a run
+    trains with and a change of saekit's defaults is seen as a change of settings. The SAE
+    is built on the meta device: no weights are allocated."""
+    with torch.device("meta"):
+        sae = build_sae(section, d_in, seed=train_cfg.seed, hook=None, model=None)
+    return train_cfg.for_sae(sae)
+
+
 def identity(
     section: SAESection,
     train_cfg: TrainConfig,
     data_fingerprint: str | None,
     *,
+    d_in: int,
     hook: str | None,
     model: str | None,
     hook_out: str | None = None,
 ) -> dict:
-    """What an SAE made by this recipe depends on, for the folder it is made in."""
+    """What an SAE made by this recipe depends on, for the folder it is made in (the
+    training settings resolved for its width: ``resolved_train``)."""
     where = {"hook": hook, "model": model} | ({"hook_out": hook_out} if hook_out else {})
     return {
         "sae": vars(section) | {"options": dict(section.options)},
-        "train": train_cfg.identity(),
+        "train": resolved_train(section, train_cfg, d_in).identity(),
         "data": data_fingerprint,
         **where,
     }

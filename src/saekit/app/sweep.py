@@ -83,7 +83,7 @@ def sweep(
             path,
             kind="sweep-point",
             identity={
-                **identity(section, train_cfg, store.fingerprint(), hook=hook, model=model),
+                **identity(section, train_cfg, store.fingerprint(), d_in=store.d_in, hook=hook, model=model),
                 "evaluate": vars(base.config.evaluate),
             },
             owns=(*OUTPUTS, "metrics.json"),

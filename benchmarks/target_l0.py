@@ -17,13 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 import saekit
 from saekit.sae.registry import ARCHITECTURES, uses_k
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import command_line  # noqa: E402
+from _timing import command_line, markdown_table  # noqa: E402
 
 PENALISED = tuple(arch for arch in ARCHITECTURES if not uses_k(arch))
 
@@ -45,10 +43,7 @@ def measure(arch: str, steps: int, rows, heldout, args) -> dict:
     fifth = steps // 5
     at_fifth = min(history, key=lambda entry: abs(entry[0] - fifth))[1]
     metrics = saekit.evaluate(sae, heldout, batch_size=4096)
-    worst_step, worst_l0 = max(
-        ((step, l0) for step, l0 in history if step >= fifth), key=lambda e: abs(e[1] / args.target_l0 - 1)
-    )
-    worst = abs(worst_l0 / args.target_l0 - 1)
+    worst, worst_step = max((abs(l0 / args.target_l0 - 1), step) for step, l0 in history if step >= fifth)
     return {
         "arch": arch,
         "steps": steps,
@@ -59,6 +54,20 @@ def measure(arch: str, steps: int, rows, heldout, args) -> dict:
         "heldout_l0": metrics["l0"],
         "fvu": metrics["fvu"],
         "seconds": seconds,
+    }
+
+
+def table_row(r: dict) -> dict[str, str]:
+    """One measured row as the table shows it."""
+    return {
+        "arch": r["arch"],
+        "steps": str(r["steps"]),
+        "L0 at a fifth": f"{r['l0_at_fifth']:.1f}",
+        "largest miss after it (step)": f"{100 * r['worst_after_fifth']:.1f}% ({r['worst_step']})",
+        "within 10%": "yes" if r["within_10"] else "no",
+        "held-out L0": f"{r['heldout_l0']:.1f}",
+        "FVU": f"{r['fvu']:.4f}",
+        "s": f"{r['seconds']:.0f}",
     }
 
 
@@ -81,13 +90,14 @@ def main(argv: list[str] | None = None) -> None:
         steps = [int(s) for s in args.steps.split(",") if s]
     except ValueError:
         fail(f"--steps {args.steps!r}: give whole numbers separated by commas, e.g. 150,1500.")
+    if not archs or not steps:
+        fail("--archs and --steps each need at least one value.")
     store = saekit.open_store(args.store)
     n = store.activations.shape[0]
     if not 0 < args.heldout < n:
         fail(f"--heldout {args.heldout}: the store has {n} rows; hold out between 1 and {n - 1}.")
     rows = store.activations[: n - args.heldout]
     heldout = store.activations[n - args.heldout :].float()
-    torch.manual_seed(args.seed)
     print(
         f"{args.store}: {rows.shape[0]:,} training rows of width {rows.shape[1]}, {args.heldout:,} held out; "
         f"target L0 {args.target_l0:g}, {args.expansion}x latents, batches of {args.batch:,}",
@@ -100,14 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             results.append(row)
             print(f"  {arch} {budget} steps: {row}", flush=True)
     print()
-    print("| arch | steps | L0 at a fifth | largest miss after it (step) | within 10% | held-out L0 | FVU | s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        print(
-            f"| {r['arch']} | {r['steps']} | {r['l0_at_fifth']:.1f} | "
-            f"{100 * r['worst_after_fifth']:.1f}% ({r['worst_step']}) | "
-            f"{'yes' if r['within_10'] else 'no'} | {r['heldout_l0']:.1f} | {r['fvu']:.4f} | {r['seconds']:.0f} |"
-        )
+    print(markdown_table([table_row(r) for r in results], list(table_row(results[0]))))
     print(f"\n`{command_line()}`")
 
 

@@ -215,7 +215,10 @@ def test_ablation_changes_nothing_before_the_feature_first_fires(capsys, planted
     love = next(i for i, p in enumerate(positions) if p["token"] == " love")
     assert fired and positions[love]["activation"] > 0 and fired[0] > 0
     assert all(p["max_abs_delta"] == 0.0 for p in positions[: fired[0]])  # a causal model: nothing earlier moves
-    assert positions[fired[0]]["max_abs_delta"] > 0.1
+    # the first firing moves the prediction beyond rounding noise (it may be a weak one:
+    # 0.9 at " home", 0.1 nats, on a float32 model); the strong one at " love" moves it a lot
+    assert positions[fired[0]]["max_abs_delta"] > 1e-2
+    assert positions[love]["max_abs_delta"] > 0.5
     assert "most up" in printed and "most down" in printed
 
 

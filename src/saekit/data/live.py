@@ -14,6 +14,7 @@ from torch import Tensor
 from .._runtime.errors import UsageError
 from .corpus import TokenizedCorpus
 from .shuffle import DEFAULT_WINDOW_CHUNKS, shuffled_batches
+from .store import STORE_DTYPES
 
 
 def _process_group_enabled() -> bool:
@@ -28,7 +29,8 @@ class LiveActivations:
     Chunks are groups of ``contexts_per_chunk`` consecutive contexts of ``corpus``; their
     activations at ``hook`` (train-mask rows only) are computed when a window needs them,
     so the same (seed, batch index) gives the same batch as it would from a store
-    harvested with the same chunking. Under torch.distributed (world_size > 1) each rank
+    harvested with the same chunking and ``dtype`` (rows are rounded to the store dtype, so a
+    float32 model gives the same rows as its bfloat16 store). Under torch.distributed (world_size > 1) each rank
     runs the model on every W-th chunk of a window and the ranks exchange the activations.
     """
 
@@ -40,9 +42,14 @@ class LiveActivations:
         *,
         contexts_per_chunk: int = 8,
         window_chunks: int = DEFAULT_WINDOW_CHUNKS,
+        dtype: str = "bfloat16",
     ) -> None:
         from .model import resolve_hook
 
+        if dtype not in STORE_DTYPES:
+            raise UsageError(f"live activation dtype {dtype!r} is not supported; use one of {sorted(STORE_DTYPES)}.")
+        self.dtype = dtype
+        self._torch_dtype = STORE_DTYPES[dtype]
         self.loaded = loaded_model
         self.corpus = corpus
         self.hook = str(resolve_hook(loaded_model, hook))
@@ -62,7 +69,14 @@ class LiveActivations:
         return self.n_tokens
 
     def fingerprint(self) -> str:
-        parts = (self.loaded.name, self.loaded.fingerprint, self.hook, self.corpus.fingerprint, self.contexts_per_chunk)
+        parts = (
+            self.loaded.name,
+            self.loaded.fingerprint,
+            self.hook,
+            self.corpus.fingerprint,
+            self.contexts_per_chunk,
+            self.dtype,
+        )
         return "live:" + ":".join(map(str, parts))
 
     def _read(self, chunk: int) -> Tensor:
@@ -73,6 +87,10 @@ class LiveActivations:
         mask = self.corpus.train_mask[begin:end]
         acts = capture(self.loaded, self.corpus.tokens[begin:end], [self.hook])[self.hook]
         return acts[mask.to(acts.device)]
+
+    def _rows(self, chunk: int) -> Tensor:
+        """One chunk's rows rounded to the store dtype, as a harvested store holds them."""
+        return self._read(chunk).to(self._torch_dtype)
 
     def batches(
         self, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1
@@ -95,12 +113,12 @@ class LiveActivations:
                 rows = [self._chunk_rows[c] for c in chunks]
                 return torch.cat(
                     ctx.share_work(
-                        self._read, chunks, rows, width=self.d_in, dtype=self.loaded.dtype, device=self.loaded.device
+                        self._rows, chunks, rows, width=self.d_in, dtype=self._torch_dtype, device=self.loaded.device
                     )
                 )
 
         return shuffled_batches(
-            self._read,
+            self._rows,
             self._chunk_rows,
             batch_size,
             seed=seed,
@@ -114,5 +132,5 @@ class LiveActivations:
     def iterate_once(self, batch_size: int) -> Iterator[Tensor]:
         """Every train-mask row once, in corpus order: float32 [≤ batch_size, d_in]."""
         for chunk in range(len(self._chunks)):
-            rows = self._read(chunk).float()
+            rows = self._rows(chunk).float()
             yield from rows.split(batch_size)

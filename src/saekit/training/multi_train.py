@@ -186,7 +186,7 @@ class SharedModelPass:
     """Live activations at several hook points of one model, one forward pass per chunk.
 
     ``source(hook)`` is a batch source that gives exactly the batches of
-    ``LiveActivations(loaded, corpus, hook)`` with the same chunking. A chunk computed
+    ``LiveActivations(loaded, corpus, hook)`` with the same chunking and dtype. A chunk computed
     for one source is kept, at every hook, until each source made for that hook has read
     it (and at most ``window_chunks`` chunks are kept), so sources read in lockstep with
     the same seed and batch size — a rank's runs in multi_train — run the model once per
@@ -194,7 +194,14 @@ class SharedModelPass:
     """
 
     def __init__(
-        self, loaded, corpus, hooks: Sequence[str], *, contexts_per_chunk: int = 8, window_chunks: int | None = None
+        self,
+        loaded,
+        corpus,
+        hooks: Sequence[str],
+        *,
+        contexts_per_chunk: int = 8,
+        window_chunks: int | None = None,
+        dtype: str = "bfloat16",
     ) -> None:
         from ..data.model import resolve_hook
 
@@ -204,6 +211,7 @@ class SharedModelPass:
             raise UsageError(f"SharedModelPass needs distinct hook points, got {list(hooks)}.")
         self.contexts_per_chunk = contexts_per_chunk
         self.window_chunks = window_chunks or DEFAULT_WINDOW_CHUNKS
+        self.dtype = dtype
         self.forward_passes = 0
         """Chunks the model has run on (a measure of the sharing)."""
         self._readers = dict.fromkeys(self.hooks, 0)
@@ -255,6 +263,7 @@ class _SharedHook(LiveActivations):
             hook,
             contexts_per_chunk=shared.contexts_per_chunk,
             window_chunks=shared.window_chunks,
+            dtype=shared.dtype,
         )
         self._shared = shared
 

@@ -170,3 +170,10 @@ def test_harvest_overwrite_keeps_what_the_user_kept_there(tmp_path, capsys):
     assert harvest_cli(200, "--overwrite") == 0
     assert open_store(out).n_tokens == 200
     assert (out / "README.txt").read_text() == "notes about this store"
+
+
+def test_every_name_saekit_data_exports_resolves():
+    import saekit.data
+
+    for name in saekit.data.__all__:
+        assert getattr(saekit.data, name) is not None, name

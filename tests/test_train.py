@@ -388,3 +388,30 @@ def test_batchtopk_infers_with_its_last_batch_threshold(toy_x, arch, monkeypatch
     assert k * batch - 3 <= fired <= k * batch, fired
     # (the running mean it replaces fired 1,896 entries of these 1,536 when measured)
     assert float(sae.threshold) == pytest.approx(float(z.flatten().topk(k * batch).values[-1]), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [("fpu sse avx2 avx512f avx512bw avx512_vnni", False), ("avx512f avx512bw avx512_bf16", True), ("amx_bf16", True)],
+)
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch, toy_x, flags, native):
+    """oneDNN accepts bf16 on plain AVX-512 and emulates it, ~5× slower than float32 (a
+    Xeon without AVX-512 BF16: 62 against 310 GFLOP/s), so "auto" must not pick it there;
+    the model loader and the trainer follow the same rule."""
+    from saekit._runtime import precision
+    from saekit.data.model import resolve_dtype
+    from saekit.training.trainer import Trainer
+
+    monkeypatch.setattr(precision, "_cpuinfo", lambda: f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    precision.cpu_has_native_bf16.cache_clear()
+    try:
+        cpu = torch.device("cpu")
+        assert precision.bf16_is_fast(cpu) is native
+        assert resolve_dtype(None, cpu) == (torch.bfloat16 if native else torch.float32)
+        sae = saekit.create("topk", d_in=toy_x.shape[1], d_sae=32, k=4)
+        assert Trainer(sae, toy_x, steps=2, batch_size=64, progress=False, device="cpu").use_bf16 is native
+        forced = Trainer(sae, toy_x, steps=2, batch_size=64, progress=False, device="cpu", precision="bfloat16")
+        assert forced.use_bf16  # an explicit choice is kept, fast or not
+    finally:
+        precision.cpu_has_native_bf16.cache_clear()

@@ -4,7 +4,8 @@
     model.py    load_model, capture, splice        hook points such as "layers.15.resid_post"
     harvest.py  harvest                            tokens ─► activation stores on disk
     store.py    open_store, ActivationStore        sharded, checksummed, memory-mapped
-    buffer.py   shuffled_batches, LiveActivations  shuffle buffer; live model streams
+    shuffle.py  shuffled_batches                   the shuffle buffer: chunks ─► batches
+    live.py     LiveActivations                    a live model stream, no store on disk
     source.py   as_source                          anything ─► a batch source for the trainer
 
 Names are imported lazily (``saekit.data.open_store`` works) so that importing the
@@ -34,7 +35,8 @@ _EXPORTS = {
     "ActivationStore": "store",
     "StoreError": "store",
     "open_store": "store",
-    "LiveActivations": "buffer",
+    "shuffled_batches": "shuffle",
+    "LiveActivations": "live",
 }
 
 

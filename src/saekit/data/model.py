@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .._runtime.atomic import atomic_path
+from .._runtime.precision import bf16_is_fast
 from ..sae.hooks import FINAL_NORM, HOOK_SYNTAX, SITES, HookPoint, parse_hook
 
 DEFAULT_MODEL = "smollm2"
@@ -253,19 +253,6 @@ def _gemma3_sha256() -> str | None:
     return None
 
 
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bf16 matmuls (AVX-512 BF16 or AMX), where bf16 is
-    several times faster than fp32. Elsewhere bf16 is emulated and slower."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo))
-    return bool(flags)
-
-
 _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
@@ -281,7 +268,7 @@ _DTYPES = {
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``None`` → bf16 on CUDA and on CPUs with native bf16, float32 elsewhere."""
     if dtype is None:
-        if device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16()):
+        if bf16_is_fast(device):
             return torch.bfloat16
         return torch.float32
     if isinstance(dtype, torch.dtype):

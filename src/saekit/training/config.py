@@ -59,7 +59,9 @@ class TrainConfig:
     and the order in which the data is read."""
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     """"bfloat16" runs forward and backward under bf16 autocast (master weights stay float32);
-    "auto" chooses bf16 on CUDA and on CPUs with native bf16 support."""
+    "auto" chooses bf16 on CUDA and on CPUs with native bf16 matmuls (AVX-512 BF16 or AMX),
+    float32 elsewhere: oneDNN emulates bf16 on plain AVX-512, about 5× slower than float32
+    (_runtime/precision.py)."""
     device: Device | None = None
     """"cpu", "cuda", "cuda:1", ...; default: cuda if available (the local rank's GPU under torchrun)."""
     normalization_tokens: PositiveInt = 65_536

@@ -27,6 +27,7 @@ from .._runtime.checksums import sha256_bytes
 from .._runtime.distributed import DistContext, DistributedError
 from .._runtime.errors import FolderError, NonFiniteError, UsageError
 from .._runtime.folder import OutputFolder
+from .._runtime.precision import bf16_is_fast
 from ..data.pairs import Pair, as_pair, check_fits
 from ..data.source import as_source, describe_nonfinite, fingerprint_of
 from ..sae.base import SparseAutoencoder
@@ -49,15 +50,6 @@ class TrainResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     """One entry every log_every steps: step, loss parts, l0, explained_variance, dead_fraction, lr, coefficient."""
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def default_device(ctx: DistContext) -> torch.device:
@@ -161,7 +153,7 @@ class Trainer:
         check_fits(source, sae)
         ctx = self.ctx = ctx if ctx is not None else DistContext.current()
         device = self.device = _device(cfg.device, ctx)
-        self.use_bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and bf16_supported(device))
+        self.use_bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and bf16_is_fast(device))
         if cfg.batch_size % ctx.world_size:
             raise UsageError(f"batch_size={cfg.batch_size} must be divisible by the world size {ctx.world_size}.")
 

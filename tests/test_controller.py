@@ -99,6 +99,28 @@ def test_the_fit_removes_its_share_of_the_error():
     assert float(controller.update(torch.tensor(24.0), margin_counts(infinite), rows)[0]) == MAX_SHIFT
 
 
+def test_the_fit_moves_its_rows_by_the_batchs_factor_not_to_the_batchs_value():
+    """The fit's rows are a stride of the batch, with an L0 of their own. Given their count
+    before the step, the fit moves them by the factor the batch needs, so that their own
+    deviation from the batch does not enter the thresholds: on target, no shift, however
+    far the rows are from the batch; off target, CLOSE of the batch's error, in the rows'
+    own terms. Without it, rows 10% above the batch would be fitted down to the target."""
+    generator = torch.Generator().manual_seed(4)
+    margins = torch.randn(80_000, generator=generator) * 0.3
+    rows = 1000
+    before = (margins > 0).sum()  # the rows' L0 is 40 at the parameters before the step
+    for measured in (24.0, 36.0, 12.0):  # the batch's L0: on target, and off it either way
+        controller = L0Controller(24, gain=0.01, device=torch.device("cpu"))
+        shift, _ = controller.update(torch.tensor(measured), margin_counts(margins), rows, before=before)
+        got = float((margins > shift).sum()) / rows
+        wanted = 41 * math.exp(-CLOSE * math.log((measured + 1) / 25)) - 1
+        assert got == pytest.approx(wanted, rel=0.01), (measured, float(shift))
+        if measured == 24.0:
+            assert abs(float(shift)) < 2 * MAX_SHIFT / 1000  # within a bin: nothing to correct
+    plain = L0Controller(24, gain=0.01, device=torch.device("cpu"))
+    assert float(plain.update(torch.tensor(24.0), margin_counts(margins), rows)[0]) > 0.1  # fitted to 24
+
+
 def test_no_windup_while_the_thresholds_cannot_follow():
     """A plant whose L0 stays a quarter of the target for 400 steps whatever the thresholds
     do (gated's gates that cannot open further: no margins move it): the drift integral stays

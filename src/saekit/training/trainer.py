@@ -307,6 +307,11 @@ class Trainer:
         if cfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
             self._check_finite(torch.isfinite(norm), step, "gradient")
+        fit_rows = None
+        if self.controller is not None:
+            with torch.no_grad():  # the fit rows' firing pairs before the step (see L0Controller.update)
+                fit_rows = x[:: fit_stride(cfg.batch_size)]
+                before = (sae.firing_margins(fit_rows, 0.0) > 0).sum()
         optimizer.step()
         sae.after_optimizer_step()
 
@@ -315,9 +320,10 @@ class Trainer:
             l0 = ctx.mean_(output.l0.float().clone())
             sae.observe_l0(l0)
             if self.controller is not None:
-                rows = x[:: fit_stride(cfg.batch_size)]
-                counts = ctx.sum_(margin_counts(sae.firing_margins(rows, -MAX_SHIFT)))
-                shift, factor = self.controller.update(l0, counts, rows.shape[0] * ctx.world_size)
+                counts = ctx.sum_(torch.cat([margin_counts(sae.firing_margins(fit_rows, -MAX_SHIFT)), before.view(1)]))
+                shift, factor = self.controller.update(
+                    l0, counts[:-1], fit_rows.shape[0] * ctx.world_size, before=counts[-1]
+                )
                 # Raise only the thresholds of features that fired: the others add nothing to
                 # L0, get no gradient to pull them back, and would be pushed out for good.
                 sae.shift_thresholds(torch.where((sae.tokens_since_fired == 0) | (shift < 0), shift, 0.0))

@@ -11,7 +11,8 @@ L0 the step's batch's, measured in its forward pass:
   the batch's rows (FIT_ROWS of them) by how much each near-threshold (token, feature)'s
   firing point would have to move for it to stop firing (``firing_margins``, at the new
   parameters). The shift u whose count of larger margins gives those rows the L0
-  (target + 1)·exp((1 − CLOSE)·e) − 1 moves every firing point by the factor exp(u)
+  (their L0 before the step + 1)·exp(−CLOSE·e) − 1, the batch's needed factor applied to
+  the rows' own L0 (``update``'s ``before``), moves every firing point by the factor exp(u)
   (``shift_thresholds``). That undoes exactly what the optimiser's own step did to the L0,
   and removes CLOSE of the error that was left; it needs no gain and no estimate of how
   strongly L0 answers the thresholds, which changes by an order of magnitude over a run.

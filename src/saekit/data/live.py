@@ -30,8 +30,9 @@ class LiveActivations:
     activations at ``hook`` (train-mask rows only) are computed when a window needs them,
     so the same (seed, batch index) gives the same batch as it would from a store
     harvested with the same chunking and ``dtype`` (rows are rounded to the store dtype, so a
-    float32 model gives the same rows as its bfloat16 store). Under torch.distributed (world_size > 1) each rank
-    runs the model on every W-th chunk of a window and the ranks exchange the activations.
+    float32 model gives the same rows as its bfloat16 store). Under torch.distributed
+    (world_size > 1) each rank runs the model on every W-th chunk of a window and the ranks
+    exchange the activations.
     """
 
     def __init__(

@@ -73,6 +73,12 @@ def margin_counts(margins: Tensor) -> Tensor:
     return torch.bincount(index, minlength=BINS + 1)
 
 
+def firing_count(margins: Tensor) -> Tensor:
+    """How many of ``firing_margins(rows, 0.0)`` fire: the rows' active pairs at the current
+    parameters, what ``L0Controller.update`` takes as ``before`` (ranks sum it)."""
+    return (margins > TIE).sum()
+
+
 class L0Controller:
     def __init__(self, target: float, gain: float, device: torch.device) -> None:
         self.target = float(target)

@@ -34,7 +34,7 @@ from ..sae.base import SparseAutoencoder
 from ..sae.registry import config_identity
 from .checkpoint import LOG_FILE, load_checkpoint, read_log, save_checkpoint
 from .config import TrainConfig
-from .controller import MAX_SHIFT, TIE, L0Controller, fit_stride, margin_counts
+from .controller import MAX_SHIFT, L0Controller, firing_count, fit_stride, margin_counts
 from .controller import STATE as CONTROLLER_STATE
 
 SETTLE_ROWS = 8192
@@ -311,7 +311,7 @@ class Trainer:
         if self.controller is not None:
             with torch.no_grad():  # the fit rows' firing pairs before the step (see L0Controller.update)
                 fit_rows = x[:: fit_stride(cfg.batch_size)]
-                before = (sae.firing_margins(fit_rows, 0.0) > TIE).sum()
+                before = firing_count(sae.firing_margins(fit_rows, 0.0))
         optimizer.step()
         sae.after_optimizer_step()
 

@@ -36,7 +36,9 @@ def main() -> None:
     parser.add_argument(
         "--default-groups", action="store_true", help="also run Matryoshka with its default groups (not toy_options)"
     )
+    parser.add_argument("--lr", default=None, help='learning rate in place of the setting\'s: a number or "auto"')
     args = parser.parse_args()
+    lr = args.lr if args.lr in (None, "auto") else float(args.lr)
     torch.set_num_threads(2)
     rows = []
 
@@ -47,10 +49,10 @@ def main() -> None:
         print(f"{name}: {TOY_SETTINGS[name].description}", flush=True)
         for arch in args.archs:
             for seed in args.seeds:
-                rows.append(toy_recovery(name, arch, seed))
+                rows.append(toy_recovery(name, arch, seed, lr=lr))
                 show(rows[-1])
                 if arch == "matryoshka_batchtopk" and args.default_groups:
-                    rows.append({**toy_recovery(name, arch, seed, {}), "arch": f"{arch} (default groups)"})
+                    rows.append({**toy_recovery(name, arch, seed, {}, lr=lr), "arch": f"{arch} (default groups)"})
                     show(rows[-1])
     columns = ["setting", "arch", "seed", "fraction_recovered", "mmcs", "l0", "target", "fvu", "dead", "gamma"]
     if any("absorption" in row for row in rows):

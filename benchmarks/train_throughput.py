@@ -60,15 +60,15 @@ ARCHS = (
 PRECISIONS = ("bfloat16", "float32")
 
 # Which peer rows train the same thing as a saekit architecture.
-PEER_ROWS = {
-    "relu": r"^(saelens/standard|dictionary_learning/standard|plain/relu)",
-    "gated": r"^(saelens/gated|dictionary_learning/gated)",
-    "jumprelu": r"^(saelens/jumprelu|dictionary_learning/jumprelu)",
-    "topk": r"^(saelens/topk|sparsify/topk|dictionary_learning/topk)",
-    "batchtopk": r"^(saelens/batchtopk|dictionary_learning/batchtopk)",
-    "matryoshka_batchtopk": r"^(saelens/matryoshka_batchtopk|dictionary_learning/matryoshka_batchtopk)",
-    "topk_transcoder": r"^sparsify/topk_transcoder",
-    "topk_skip_transcoder": r"^sparsify/topk_skip_transcoder",
+PEER_ROWS = {  # a row's name, then its variant (+bf16, +sparse, ...) or nothing: topk is not topk_transcoder
+    "relu": r"^(saelens/standard|dictionary_learning/standard(_april)?|plain/relu)(\+|$)",
+    "gated": r"^(saelens/gated|dictionary_learning/gated)(\+|$)",
+    "jumprelu": r"^(saelens/jumprelu|dictionary_learning/jumprelu)(\+|$)",
+    "topk": r"^(saelens/topk|sparsify/topk|dictionary_learning/topk)(\+|$)",
+    "batchtopk": r"^(saelens/batchtopk|dictionary_learning/batchtopk)(\+|$)",
+    "matryoshka_batchtopk": r"^(saelens/matryoshka_batchtopk|dictionary_learning/matryoshka_batchtopk)(\+|$)",
+    "topk_transcoder": r"^sparsify/topk_transcoder(\+|$)",
+    "topk_skip_transcoder": r"^sparsify/topk_skip_transcoder(\+|$)",
 }
 
 SAE_OPTIONS = {  # coefficients as the peers' defaults set them; they do not change the work done

@@ -55,22 +55,32 @@ def reference_topk(p, x, k, dead, aux_k, aux_coefficient):
     x_hat = f @ p["W_dec"] + p["b_dec"]
     loss = mse(x, x_hat)
     if dead.any():
-        residual = (x - x_hat).detach()
-        z_dead = torch.where(dead, z, torch.full_like(z, float("-inf")))
-        k_aux = min(aux_k, int(dead.sum()))
-        top_dead = z_dead.topk(k_aux, dim=-1)
-        f_aux = torch.zeros_like(z).scatter(-1, top_dead.indices, torch.relu(top_dead.values))
-        loss = loss + aux_coefficient * min(int(dead.sum()) / aux_k, 1.0) * mse(residual, f_aux @ p["W_dec"])
+        loss = loss + reference_auxk(p, z, (x - x_hat).detach(), dead, aux_k, aux_coefficient)
     return loss
 
 
-def reference_batchtopk(p, x, k):
-    z = torch.relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+def reference_auxk(p, z, residual, dead, aux_k, aux_coefficient):
+    """AuxK as Gao et al. write it: the residual reconstructed from the aux_k largest
+    pre-activations of dead latents."""
+    z_dead = torch.where(dead, z, torch.full_like(z, float("-inf")))
+    k_aux = min(aux_k, int(dead.sum()))
+    top_dead = z_dead.topk(k_aux, dim=-1)
+    f_aux = torch.zeros_like(z).scatter(-1, top_dead.indices, torch.relu(top_dead.values))
+    return aux_coefficient * min(int(dead.sum()) / aux_k, 1.0) * mse(residual, f_aux @ p["W_dec"])
+
+
+def reference_batchtopk(p, x, k, dead=None, aux_k=0):
+    pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    z = torch.relu(pre)
     keep = z.flatten().topk(k * x.shape[0]).indices
     mask = torch.zeros(z.numel(), dtype=torch.bool)
     mask[keep] = True
     f = z * mask.view_as(z)
-    return mse(x, f @ p["W_dec"] + p["b_dec"])
+    x_hat = f @ p["W_dec"] + p["b_dec"]
+    loss = mse(x, x_hat)
+    if dead is not None and dead.any():
+        loss = loss + reference_auxk(p, pre, (x - x_hat).detach(), dead, aux_k, 1.0)
+    return loss
 
 
 def check_gradients(sae, reference_loss, x, exclude=()):
@@ -136,14 +146,38 @@ def test_jumprelu_loss_and_straight_through_gradients(path):
         torch.testing.assert_close(getattr(sae, name).grad, p[name].grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("with_dead", [False, True])
-def test_topk_with_auxk(with_dead):
+@pytest.mark.parametrize("rows_at_a_time", [None, 7])
+@pytest.mark.parametrize("dead_every", [None, 3, 5])
+def test_topk_with_auxk(dead_every, rows_at_a_time, monkeypatch):
+    """Loss and gradients against the plain definition, AuxK included, AuxK's picks made
+    from the main selection's pre-activations; ``rows_at_a_time``: the CPU forward's block
+    of tokens (TOPK_ROWS), here 7 so that 64 rows end in a partial block. Every third
+    latent dead (AuxK searches whole rows) or every fifth (it gathers the dead columns),
+    some of them in tokens' main top k too: those (token, latent) pairs get gradient from
+    both terms."""
+    from saekit.sae import sparse_decode
+
+    if rows_at_a_time is not None:
+        monkeypatch.setattr(sparse_decode, "TOPK_ROWS", rows_at_a_time)
     sae = randomise(saekit.create("topk", d_in=D_IN, d_sae=D_SAE, k=5, aux_k=6, dead_tokens=100))
     dead = torch.zeros(D_SAE, dtype=torch.bool)
+    x = torch.randn(BATCH, D_IN)
+    if dead_every:
+        dead[::dead_every] = True
+        sae.tokens_since_fired[dead] = 1000
+        assert dead[sae.pre_activations(x).topk(5).indices].any()  # pairs in both selections
+    check_gradients(sae, lambda p, x: reference_topk(p, x, 5, dead, 6, 1.0), x)
+
+
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_batchtopk_with_auxk(with_dead):
+    sae = randomise(saekit.create("batchtopk", d_in=D_IN, d_sae=D_SAE, k=5, aux_k=6, dead_tokens=100))
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    x = torch.randn(BATCH, D_IN)
     if with_dead:
         dead[::3] = True
         sae.tokens_since_fired[dead] = 1000
-    check_gradients(sae, lambda p, x: reference_topk(p, x, 5, dead, 6, 1.0), torch.randn(BATCH, D_IN))
+    check_gradients(sae, lambda p, x: reference_batchtopk(p, x, 5, dead, 6), x)
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka_batchtopk"])
@@ -156,7 +190,8 @@ def test_auxk_window_counts_batches_and_defaults(arch):
     silent[::4] = True
     x = torch.randn(BATCH, D_IN)
     for batch in range(1, 5):
-        assert sae.auxk_loss(x, x) is None if batch <= 3 else sae.auxk_loss(x, x) is not None
+        assert ("auxiliary" in sae.loss(x).parts) == (batch > 3)
+        assert (sae.aux() is None) == (batch <= 3)
         sae.update_firing(~silent, 64)
         assert torch.equal(sae.aux_dead_mask(), silent if batch >= 3 else torch.zeros_like(silent)), batch
         assert not sae.dead_mask().any()
@@ -206,6 +241,50 @@ def test_batch_topk_selection_is_the_flat_topk_over_the_batch():
     expected = {(int(i) // 500, int(i) % 500): float(v) for v, i in zip(top.values, top.indices)}
     assert {(int(t), int(i)): float(v) for t, i, v in zip(tokens, indices, values)} == expected
     assert torch.equal(tokens, tokens.sort().values) and int((tokens == 3).sum()) > 20 and not (tokens == 7).any()
+
+
+@pytest.mark.parametrize(
+    "case", ["random", "clustered", "one_block_holds_all", "ties", "few_positive", "nan_row", "short_rows", "odd_width"]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_topk_selects_each_rows_k_largest(case, dtype):
+    """row_topk's block-maxima path (and its fallbacks) gives every row the same k values as
+    torch.topk, indices that point at them, and on distinct values the same indices."""
+    from saekit.sae.sparse_decode import ROW_BLOCK, row_topk
+
+    generator = torch.Generator().manual_seed(4)
+    batch, k = 48, 7
+    width = {"short_rows": 4 * k * ROW_BLOCK - ROW_BLOCK, "odd_width": 40 * ROW_BLOCK + 3}.get(case, 40 * ROW_BLOCK)
+    z = torch.randn(batch, width, generator=generator)
+    if case == "clustered":  # the large entries of a row crowd into few blocks
+        z[:, 5 * ROW_BLOCK : 6 * ROW_BLOCK] += 3.0
+        z[:, 17 * ROW_BLOCK : 17 * ROW_BLOCK + 3] += 5.0
+    elif case == "one_block_holds_all":  # every one of the top k in one block
+        z[:, 2 * ROW_BLOCK : 2 * ROW_BLOCK + k] += 50.0
+    elif case == "ties":
+        z = torch.randint(-2, 3, (batch, width), generator=generator).float()
+    elif case == "few_positive":
+        z -= 3.0
+    elif case == "nan_row":
+        z[5, 100] = float("nan")
+    z = z.to(dtype)
+    values, indices = row_topk(z, k)
+    expected = z.topk(k, dim=-1, sorted=False)
+    assert values.shape == indices.shape == (batch, k) and values.dtype == dtype
+    same = torch.equal(values.sort(-1).values, expected.values.sort(-1).values)
+    if case == "nan_row":  # torch.topk ranks NaN first; row_topk falls back to it whole
+        assert torch.equal(values.isnan(), expected.values.isnan())
+        finite = ~values.isnan().any(1)
+        same = torch.equal(values[finite].sort(-1).values, expected.values[finite].sort(-1).values)
+    else:
+        assert torch.equal(z.gather(1, indices), values)
+        assert all(len(set(row)) == k for row in indices.tolist())  # k different latents each
+    assert same
+    folded = row_topk(z.view(6, batch // 6, width), k)  # leading dimensions: the same rows
+    assert torch.equal(folded[0].reshape(batch, k).nan_to_num(), values.nan_to_num())
+    assert torch.equal(folded[1].reshape(batch, k), indices)
+    if case in ("random", "clustered", "one_block_holds_all") and dtype == torch.float32:  # no ties
+        assert torch.equal(indices.sort(-1).values, expected.indices.sort(-1).values)
 
 
 def test_batch_topk_keeps_every_entry_tied_with_the_threshold():

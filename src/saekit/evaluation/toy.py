@@ -40,11 +40,14 @@ def toy_options(setting_name: str, arch: str) -> dict:
     return SETTING_OPTIONS.get((setting_name, arch), TOY_OPTIONS.get(arch, {}))
 
 
-def toy_recovery(setting_name: str, arch: str, seed: int = 0, options: dict | None = None) -> dict:
+def toy_recovery(
+    setting_name: str, arch: str, seed: int = 0, options: dict | None = None, lr: float | str | None = None
+) -> dict:
     """Train ``arch`` on seed ``seed`` of a toy setting; return the fraction of true
     directions some decoder row matches at cosine > 0.9, the MMCS, held-out L0, FVU, dead
     fraction and γ, and on hierarchical data the absorption and the parents' best cosine.
-    ``options``: SAE config fields, in place of ``toy_options(setting_name, arch)``."""
+    ``options``: SAE config fields, in place of ``toy_options(setting_name, arch)``; ``lr``:
+    the learning rate, in place of the setting's (a float, or "auto")."""
     setting = TOY_SETTINGS[setting_name]
     dictionary = setting.dictionary(seed)
     train_x = dictionary.sample(setting.tokens, seed=seed + 1)
@@ -58,7 +61,7 @@ def toy_recovery(setting_name: str, arch: str, seed: int = 0, options: dict | No
         train_x,
         steps=setting.steps,
         batch_size=setting.batch_size,
-        lr=setting.lr,
+        lr=setting.lr if lr is None else lr,
         precision="float32",
         progress=False,
     )

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .config import SAEConfig
-from .sparse_decode import Active, batch_topk_entries, select_batch_topk
+from .sparse_decode import Active, Aux, batch_topk_entries, select_batch_topk
 from .topk import TopKSAE
 
 
@@ -57,10 +57,10 @@ class BatchTopKSAE(TopKSAE):
         f[tokens, indices] = values
         return f
 
-    def select(self, x: Tensor) -> Active:
-        active = select_batch_topk(x, self.W_enc, self.b_enc, self.centre, self.cfg.k)
+    def select(self, x: Tensor, aux: Aux | None = None) -> tuple[Active, Active | None]:
+        active, picked = select_batch_topk(x, self.W_enc, self.b_enc, self.centre, self.cfg.k, aux)
         self._update_threshold(active.values)
-        return active
+        return active, picked
 
     @torch.no_grad()
     def settle_for_inference(self, x: Tensor) -> None:

@@ -92,7 +92,7 @@ from torch import Tensor, nn
 
 from .base import LossOutput, SparseAutoencoder
 from .config import SAEConfig
-from .sparse_decode import Active, select_topk, sparse_decode
+from .sparse_decode import Active, Aux, row_topk, select_topk, sparse_decode
 
 
 class TopKSAE(SparseAutoencoder):
@@ -149,23 +149,32 @@ class TopKSAE(SparseAutoencoder):
 
     def encode(self, x: Tensor) -> Tensor:
         z = self.pre_activations(x)
-        values, indices = z.topk(self.cfg.k, dim=-1, sorted=False)
+        values, indices = row_topk(z, self.cfg.k)
         return torch.zeros_like(z).scatter_(-1, indices, torch.relu(values))
 
-    def select(self, x: Tensor) -> Active:
-        """Training-time active latents, with the sparse backward of sparse_decode.py."""
-        return select_topk(x, self.W_enc, self.b_enc, self.centre, self.cfg.k)
+    def aux(self) -> Aux | None:
+        """What AuxK picks from this step: the latents of ``aux_dead_mask`` and aux_k (at most
+        their number) per token; None while none is dead or AuxK is off."""
+        if self.cfg.aux_coefficient == 0:
+            return None
+        dead = torch.nonzero(self.aux_dead_mask()).flatten()
+        return Aux(dead, min(self.aux_k, dead.numel())) if dead.numel() else None
+
+    def select(self, x: Tensor, aux: Aux | None = None) -> tuple[Active, Active | None]:
+        """Training-time active latents, with the sparse backward of sparse_decode.py, and
+        with ``aux`` AuxK's picks from the same pre-activations."""
+        return select_topk(x, self.W_enc, self.b_enc, self.centre, self.cfg.k, aux)
 
     def loss(self, x: Tensor, *, target: Tensor | None = None, sparsity_scale: float = 1.0) -> LossOutput:
         target = x if target is None else target
-        active = self.select(x)
+        aux = self.aux()
+        active, picked = self.select(x, aux)
         reconstruction, x_hat = self.reconstruction_and_output(x, target, active)
         parts = {"reconstruction": reconstruction}
         total = reconstruction
-        auxiliary = self.auxk_loss(x, (target - x_hat).detach())
-        if auxiliary is not None:
-            parts["auxiliary"] = auxiliary
-            total = total + auxiliary
+        if picked is not None:
+            parts["auxiliary"] = self.auxk_loss(picked, (target - x_hat).detach(), aux.latents.numel())
+            total = total + parts["auxiliary"]
         return LossOutput.from_entries(total, parts, x_hat, active.indices, active.values.detach() > 0, self.d_sae)
 
     def reconstruction_and_output(self, x: Tensor, target: Tensor, active: Active) -> tuple[Tensor, Tensor]:
@@ -173,19 +182,11 @@ class TopKSAE(SparseAutoencoder):
         x_hat = self.predict(x, self.decode_sparse(active))
         return self.reconstruction_error(target, x_hat), x_hat
 
-    def auxk_loss(self, x: Tensor, residual: Tensor) -> Tensor | None:
-        """‖e − ê‖² with ê decoded from the aux_k largest pre-activations of dead latents;
-        only the dead latents' columns of W_enc are multiplied."""
-        dead = torch.nonzero(self.aux_dead_mask()).flatten()
-        n_dead = dead.numel()
-        if n_dead == 0 or self.cfg.aux_coefficient == 0:
-            return None
-        k_aux = min(self.aux_k, n_dead)
-        W_dead = self.W_enc[:, dead]
-        bias = self.b_enc[dead] if self.centre is None else self.b_enc[dead] - self.centre @ W_dead
-        z_dead = x @ W_dead + bias
-        values, positions = z_dead.topk(k_aux, dim=-1, sorted=False)
-        residual_hat = sparse_decode(torch.relu(values), dead[positions], self.W_dec)
+    def auxk_loss(self, picked: Active, residual: Tensor, n_dead: int) -> Tensor:
+        """‖e − ê‖² with ê decoded from AuxK's picks (``select``'s second result: the aux_k
+        largest pre-activations of dead latents per token), weighted by aux_coefficient and
+        scaled down while fewer than aux_k of the ``n_dead`` latents are dead."""
+        residual_hat = sparse_decode(picked.values, picked.indices, self.W_dec)
         error = (residual_hat.float() - residual.float()).pow(2)
         per_token = error.sum(-1) if self.cfg.reconstruction_loss == "sum" else error.mean(-1)
         return self.cfg.aux_coefficient * min(n_dead / self.aux_k, 1.0) * per_token.mean()

@@ -27,7 +27,6 @@ from .base import LossOutput, SparseAutoencoder, overwritable
 from .config import SAEConfig
 from .sparse_decode import entries_above, select_entries
 
-
 MAX_LOG_STEP = 1.0
 """The largest move of log θ_i that one optimiser step makes (``after_optimizer_step``);
 a step on real data is a few percent."""

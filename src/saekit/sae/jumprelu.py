@@ -11,8 +11,9 @@ use a rectangle kernel K(u) = 1[|u| < 1/2] of bandwidth ε:
     ∂JumpReLU_θ(z)/∂θ := −(θ/ε) K((z − θ)/ε),     ∂H(z − θ)/∂θ := −(1/ε) K((z − θ)/ε)
 
 (z receives the ordinary gradient H(z − θ) through the JumpReLU and none through the
-L0 term). θ is stored raw, not as a logarithm: under Adam a log-parameterised threshold
-barely moves. It is clamped at 0 after every step.
+L0 term). θ is stored raw, not as a logarithm (under Adam at the weights' learning rate a
+log-parameterised threshold barely moves), but Adam's step on it is applied in proportion
+to θ (``JumpReluSAE.after_optimizer_step``, which says why), and θ is clamped at 0.
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ class JumpReluSAE(SparseAutoencoder):
         thresholds live on the scale of pre-activations, O(1) for activations normalised to
         E‖x‖ = √d_in. At one learning rate θ could travel only ~lr a step, and a run that
         starts with half its features firing would need thousands of steps to reach a
-        target L0 of tens."""
+        target L0 of tens. The step is then applied in proportion to θ_i (at θ̄, the median
+        threshold, as it comes)."""
         return math.sqrt(self.d_in) if name == "threshold" else 1.0
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ how far the final SAE's L0 differs between training batches (the sampling noise 
 batch column, which no controller can remove); and the held-out L0 and FVU of the result.
 
     .venv/bin/python benchmarks/target_l0.py --store runs/gemma_mlp9 --target-l0 40 --steps 150,1500
+    .venv/bin/python benchmarks/target_l0.py --store runs/gemma_mlp9 --steps 1500 --archs jumprelu --trace
 
 The store's last ``--heldout`` rows are held out; training reads the others (the trainer
 shuffles them). One heavy process at a time: this one uses every core.
@@ -62,6 +63,8 @@ def measure(arch: str, steps: int, rows, heldout, args) -> dict:
             seconds += time.perf_counter() - started
             if trainer.step_index >= fifth and trainer.step_index % every == 0:
                 probed.append((trainer.step_index, l0_of(sae, probe * trainer.scale)))
+            if args.trace and trainer.step_index % every == 0:
+                print(trace_line(trainer, args.batch), flush=True)
         result = trainer.finish()
     finally:
         trainer.close()
@@ -87,6 +90,24 @@ def measure(arch: str, steps: int, rows, heldout, args) -> dict:
         "fvu": metrics["fvu"],
         "seconds": seconds,
     }
+
+
+def trace_line(trainer: Trainer, batch: int) -> str:
+    """One line of ``--trace``: the step's batch L0 and explained variance, λ, the controller's
+    drift D, the share of latents silent for 10 batches, and, for per-feature thresholds
+    (JumpReLU's θ), their 10th, 50th and 90th percentiles and largest over the live latents."""
+    sae, entry = trainer.sae, trainer.history[-1]
+    silent = sae.tokens_since_fired >= 10 * batch
+    line = (
+        f"  step {entry['step']:5d}  L0 {entry['l0']:6.1f}  EV {entry['explained_variance']:.3f}"
+        f"  λ {float(sae.sparsity_coefficient):.3g}  D {trainer.controller.state()['drift']:+.3f}"
+        f"  silent {float(silent.float().mean()):.3f}"
+    )
+    if sae.threshold_kind == "per_feature" and (~silent).any():
+        theta = sae.threshold.detach().float()[~silent]
+        q = torch.quantile(theta, torch.tensor([0.1, 0.5, 0.9]))
+        line += f"  θ q10/50/90 {q[0]:.3g} {q[1]:.3g} {q[2]:.3g} max {theta.max():.3g}"
+    return line
 
 
 def table_row(r: dict) -> dict[str, str]:
@@ -117,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--probe", type=int, default=8192, help="held-out rows whose L0 is read during training")
     parser.add_argument("--spread-batches", type=int, default=16, help="training batches the final L0 is read on")
+    parser.add_argument(
+        "--trace", action="store_true", help="print λ, the drift, silent latents and θ's quantiles every log interval"
+    )
     args = parser.parse_args(argv)
     archs = [a for a in args.archs.split(",") if a]
     unknown = [a for a in archs if a not in PENALISED]

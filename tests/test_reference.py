@@ -230,7 +230,7 @@ def test_unit_norm_projection_removes_the_parallel_gradient_and_renormalises():
 
 
 def test_batch_topk_selection_is_the_flat_topk_over_the_batch():
-    from saekit.sae.sparse_decode import batch_topk_entries
+    from saekit.sae.selection import batch_topk_entries
 
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(64, 500, generator=generator)
@@ -250,7 +250,7 @@ def test_batch_topk_selection_is_the_flat_topk_over_the_batch():
 def test_row_topk_selects_each_rows_k_largest(case, dtype):
     """row_topk's block-maxima path (and its fallbacks) gives every row the same k values as
     torch.topk, indices that point at them, and on distinct values the same indices."""
-    from saekit.sae.sparse_decode import ROW_BLOCK, row_topk
+    from saekit.sae.selection import ROW_BLOCK, row_topk
 
     generator = torch.Generator().manual_seed(4)
     batch, k = 48, 7
@@ -288,7 +288,7 @@ def test_row_topk_selects_each_rows_k_largest(case, dtype):
 
 
 def test_batch_topk_keeps_every_entry_tied_with_the_threshold():
-    from saekit.sae.sparse_decode import batch_topk_entries
+    from saekit.sae.selection import batch_topk_entries
 
     z = torch.randint(-3, 4, (32, 50), generator=torch.Generator().manual_seed(1)).float()  # many ties
     values, indices, tokens = batch_topk_entries(z, 3)
@@ -312,7 +312,7 @@ def test_batch_topk_selection_does_not_depend_on_its_threshold_estimate(case, dt
     """The threshold is estimated from a strided sample; where the sample misleads (the
     sampled entries all larger, or all smaller, than the rest; fewer positive entries than
     k·B), the result must still be the exact BatchTopK selection."""
-    from saekit.sae.sparse_decode import batch_topk_entries
+    from saekit.sae.selection import batch_topk_entries
 
     generator = torch.Generator().manual_seed(2)
     batch, d_sae, k = 64, 501 if case == "odd_size" else 500, 40  # k·B = 2560: the sample is every 3rd entry

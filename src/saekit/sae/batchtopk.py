@@ -4,7 +4,7 @@
     f = ReLU(z) on the k·B largest entries of the whole batch [B, d_sae]
         (entries tied with the k·B-th are all kept)
 
-It finds its selection without sorting the batch (sparse_decode.batch_topk_entries) and
+It finds its selection without sorting the batch (selection.batch_topk_entries) and
 trains sparsely, as TopK does, with the same AuxK loss. It keeps a running threshold θ,
 the smallest activation it kept, averaged over steps; in eval mode it encodes each
 token alone as f = z ⊙ 1[z > θ] (a JumpReLU; saekit.convert makes that exact).
@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from .config import SAEConfig
-from .sparse_decode import Active, Aux, batch_topk_entries, select_batch_topk
+from .selection import batch_topk_entries
+from .sparse_decode import Active, Aux, select_batch_topk
 from .topk import TopKSAE
 
 

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from .base import LossOutput, SparseAutoencoder, overwritable, width_scaled_lr
 from .config import SAEConfig
-from .sparse_decode import positive_entries, select_entries, sparse_decode
+from .selection import positive_entries
+from .sparse_decode import select_entries, sparse_decode
 
 
 class GatedSAE(SparseAutoencoder):

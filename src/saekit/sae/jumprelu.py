@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from .base import LossOutput, SparseAutoencoder, overwritable
 from .config import SAEConfig
-from .sparse_decode import entries_above, select_entries
+from .selection import entries_above
+from .sparse_decode import select_entries
 
 MAX_LOG_STEP = 1.0
 """The largest move of log θ_i that one optimiser step makes (``after_optimizer_step``);

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from .base import LossOutput, SparseAutoencoder, overwritable
 from .config import SAEConfig
-from .sparse_decode import positive_entries, select_entries
+from .selection import positive_entries
+from .sparse_decode import select_entries
 
 
 class ReluSAE(SparseAutoencoder):

@@ -92,7 +92,8 @@ from torch import Tensor, nn
 
 from .base import LossOutput, SparseAutoencoder
 from .config import SAEConfig
-from .sparse_decode import Active, Aux, row_topk, select_topk, sparse_decode
+from .selection import row_topk
+from .sparse_decode import Active, Aux, select_topk, sparse_decode
 
 
 class TopKSAE(SparseAutoencoder):

@@ -83,7 +83,7 @@ FLAG_CASES = {
     "negative lr": (["--lr", "-1e-3"], ["--lr", "must be a number > 0", "'-1e-3'", "for example --lr auto"]),
     "lr not a number": (["--lr", "fast"], ["--lr", "must be a number > 0", "'fast'"]),
     "unknown device": (["--device", "tpu9"], ["--device", "cpu, cuda, cuda:N or mps", "'tpu9'"]),
-    "one adam beta": (["--adam-betas", "0.9"], ["--adam-betas", "2 values separated by a comma", "0.9,0.999"]),
+    "one adam beta": (["--adam-betas", "0.9"], ["--adam-betas", "2 values separated by a comma", "0.9,0.99"]),
     "adam beta out of range": (["--adam-betas", "0.9,1.5"], ["--adam-betas", "in [0, 1)"]),
     "zero steps": (["--steps", "0"], ["--steps", "an integer >= 1"]),
     "fractional steps": (["--steps", "1.5"], ["--steps", "an integer"]),
@@ -189,9 +189,9 @@ def test_bad_config_files(tmp_path, capsys, name, text, fragments):
 def test_yaml_numbers_in_scientific_notation(tmp_path):
     from saekit.app.config import RunConfig
 
-    (tmp_path / "a.yaml").write_text("train:\n  lr: 1e-3\n  adam_betas: 0.9,0.99\nsae:\n  l1_coefficient: 4e-4\n")
+    (tmp_path / "a.yaml").write_text("train:\n  lr: 1e-3\n  adam_betas: 0.8,0.95\nsae:\n  l1_coefficient: 4e-4\n")
     config = RunConfig.from_file(tmp_path / "a.yaml")
-    assert config.train.lr == 1e-3 and config.train.adam_betas == (0.9, 0.99) and config.sae.l1_coefficient == 4e-4
+    assert config.train.lr == 1e-3 and config.train.adam_betas == (0.8, 0.95) and config.sae.l1_coefficient == 4e-4
 
 
 # ---- stores --------------------------------------------------------------------------------------

@@ -47,7 +47,10 @@ FLOORS: dict[tuple[str, str], tuple[float, str]] = {
         f"0.969 ({NOW}); 0.938 {BEFORE} (seed 1 0.891). The features it misses are merged two to "
         "a latent: the batch's budget gives no slot to a runner-up, where TopK's per-token k does",
     ),
-    ("easy", "matryoshka_batchtopk"): (0.88, f"0.906 ({NOW}); 0.883 {BEFORE}; BatchTopK's selection"),
+    ("easy", "matryoshka_batchtopk"): (
+        0.93,
+        f"0.961 ({NOW}) with a first group of 5/8 (evaluation.toy.TOY_OPTIONS); 0.906 with two halves, 0.883 {BEFORE}",
+    ),
     ("superposition", "gated"): (0.93, f"0.953 ({NOW}); 0.948 {BEFORE}"),
     ("superposition", "jumprelu"): (
         0.91,
@@ -57,16 +60,18 @@ FLOORS: dict[tuple[str, str], tuple[float, str]] = {
     ("superposition", "batchtopk"): (0.93, f"0.953 ({NOW}; seed 1: 0.958); 0.917 {BEFORE}"),
     ("superposition", "matryoshka_batchtopk"): (
         0.91,
-        f"0.932 ({NOW}); 0.911 {BEFORE}; the rare features it misses sit at cosine 0.8-0.9 with a "
-        "latent that also fires on others",
+        f"0.932 ({NOW}; the same with two halves or a first group of 5/8); 0.911 {BEFORE}; the rare "
+        "features it misses sit at cosine 0.8-0.9 with a latent that also fires on others",
     ),
 }
 """The floor each case is held to where what was measured is short of the 95% target or
 within 0.03 of it: a regression guard about 0.02-0.03 below the measurement, since the
 last digits move between CPUs (float summation order), not a pass of the target. Every
 other case is held to 0.95. Gated, BatchTopK and JumpReLU on "easy" reached 0.95 when
-Adam's β2 went from 0.999 to 0.99; JumpReLU and Matryoshka on "superposition" and
-Matryoshka on "easy" have not (issue: the dictionaries researchers train today). Gated's
+Adam's β2 went from 0.999 to 0.99, Matryoshka on "easy" when its first group grew from
+half to 5/8 of the latents; JumpReLU and Matryoshka on "superposition" have not (issue:
+the dictionaries researchers train today). JumpReLU's misses there are rare features that
+no latent learned (best cosine 0.3-0.4) while none of its latents is dead: it has no AuxK. Gated's
 72% on "superposition" and 93% on "correlated" were the controller moving b_gate without
 b_mag (GatedSAE.shift_thresholds)."""
 

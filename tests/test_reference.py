@@ -59,13 +59,19 @@ def reference_topk(p, x, k, dead, aux_k, aux_coefficient):
     return loss
 
 
+def straight_through_relu(v):
+    """ReLU(v) forward, the identity backward."""
+    return v + (torch.relu(v) - v).detach()
+
+
 def reference_auxk(p, z, residual, dead, aux_k, aux_coefficient):
     """AuxK as Gao et al. write it: the residual reconstructed from the aux_k largest
-    pre-activations of dead latents."""
+    pre-activations of dead latents, ReLU'd; saekit's gradient passes that ReLU straight
+    through (sparse_decode._aux_gamma)."""
     z_dead = torch.where(dead, z, torch.full_like(z, float("-inf")))
     k_aux = min(aux_k, int(dead.sum()))
     top_dead = z_dead.topk(k_aux, dim=-1)
-    f_aux = torch.zeros_like(z).scatter(-1, top_dead.indices, torch.relu(top_dead.values))
+    f_aux = torch.zeros_like(z).scatter(-1, top_dead.indices, straight_through_relu(top_dead.values))
     return aux_coefficient * min(int(dead.sum()) / aux_k, 1.0) * mse(residual, f_aux @ p["W_dec"])
 
 
@@ -178,6 +184,32 @@ def test_batchtopk_with_auxk(with_dead):
         dead[::3] = True
         sae.tokens_since_fired[dead] = 1000
     check_gradients(sae, lambda p, x: reference_batchtopk(p, x, 5, dead, 6), x)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka_batchtopk"])
+def test_auxk_reaches_a_latent_that_is_negative_on_every_token(arch):
+    """A dead latent whose pre-activations are below 0 on every token decodes nothing in
+    AuxK, but AuxK's gradient still reaches it, straight through the ReLU: ∂L/∂b_enc is
+    −2/B Σ_t (e_t − ê_t)·d, which raises its pre-activations where its decoder row points
+    along what AuxK leaves of the residual. Through the ReLU it would get none and stay
+    dead for good."""
+    torch.manual_seed(0)
+    sae = randomise(saekit.create(arch, d_in=D_IN, d_sae=D_SAE, k=5, aux_k=2, aux_dead_batches=1))
+    x = torch.randn(BATCH, D_IN)
+    stuck, other = 7, 11  # the only two dead latents: with aux_k 2, AuxK picks both on every token
+    with torch.no_grad():
+        sae.b_enc[stuck] = -100.0
+        sae.tokens_since_fired[[stuck, other]] = 10**6
+    assert (sae.pre_activations(x)[:, stuck] < 0).all()
+    out = sae.loss(x)
+    sae.zero_grad()
+    out.parts["auxiliary"].backward()
+    with torch.no_grad():
+        e_hat = sae.pre_activations(x)[:, other].clamp(min=0)[:, None] * sae.W_dec[other]
+        expected = -2 * ((x - out.x_hat - e_hat) @ sae.W_dec[stuck]).mean()
+    assert sae.W_dec.grad[stuck].abs().max() == 0  # it decodes nothing
+    assert sae.W_enc.grad[:, stuck].abs().max() > 0
+    torch.testing.assert_close(sae.b_enc.grad[stuck], expected, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka_batchtopk"])

@@ -9,7 +9,9 @@ receive encoder gradient.
 AuxK: the residual e = x − x̂ (gradient stopped) is reconstructed from the aux_k largest
 pre-activations among dead latents, ê = f_aux W_dec, and ‖e − ê‖² is added with weight
 aux_coefficient, scaled down while fewer than aux_k latents are dead. It gives dead
-latents a gradient that points them at what the live ones miss.
+latents a gradient that points them at what the live ones miss; that gradient passes the
+ReLU of f_aux straight through, so that it also reaches a latent whose pre-activations are
+negative on every token (sparse_decode._aux_gamma has the measurement).
 
 Which latents, how many, how heavily. Gao et al. count a latent dead after 10M silent
 tokens and decode d_in // 2 of them at weight 1/32; saekit did the same with a 1M window.

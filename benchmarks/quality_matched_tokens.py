@@ -416,7 +416,7 @@ def evaluate(sae, data: StoreData, loaded, corpus, splice_tokens: int) -> dict[s
     sae.cfg.hook, sae.cfg.model = data.hook, None
     m = saekit.evaluate(sae, data.heldout, batch_size=4096)
     out = {"fvu": m["fvu"], "l0": m["l0"], "dead_fraction": m["dead_fraction"], "kl": None, "delta_ce": None}
-    out["silent_fraction"] = silent_fraction(sae, data)
+    out["silent_fraction"] = silent_fraction(sae, data, m["feature_frequency"] > 0)
     if loaded is not None and splice_tokens:
         from saekit.evaluation.splice import evaluate_in_model
 
@@ -425,16 +425,19 @@ def evaluate(sae, data: StoreData, loaded, corpus, splice_tokens: int) -> dict[s
     return out
 
 
-def silent_fraction(sae, data: StoreData) -> float:
+def silent_fraction(sae, data: StoreData, fired_on_heldout: Tensor) -> float:
     """The latents that fire on none of the store's rows, held-out and training rows alike
-    (400k on the demo's store). The held-out dead fraction counts every latent that fires
-    less often than about once in 32,768 tokens: the TopK latents it counted dead at 300
-    steps (seed 0) fired on 9 to 32 of the first 200,000 training rows."""
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+    (400k on the demo's store); ``fired_on_heldout``: [d_sae] bool, from the held-out
+    evaluation, so that only the training rows are encoded here, and only until every latent
+    has fired. The held-out dead fraction counts every latent that fires less often than
+    about once in 32,768 tokens: the TopK latents it counted dead at 300 steps (seed 0)
+    fired on 9 to 32 of the first 200,000 training rows."""
+    fired = fired_on_heldout.cpu().clone()
     with torch.no_grad():
-        for rows in (data.heldout, data.train):
-            for i in range(0, rows.shape[0], 8192):
-                fired |= (sae.encode(rows[i : i + 8192].float()) > 0).any(0)
+        for i in range(0, data.train.shape[0], 8192):
+            if fired.all():
+                break
+            fired |= (sae.encode(data.train[i : i + 8192].float()) > 0).any(0)
     return float((~fired).float().mean())
 
 

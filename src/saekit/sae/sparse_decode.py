@@ -275,11 +275,12 @@ def _merge_aux(
     return torch.cat([gamma, aux_gamma]), torch.cat([latents, aux_latents]), torch.cat([tokens, aux_tokens])
 
 
-def _gamma(grad: Tensor | None, values: Tensor) -> Tensor:
-    """The gradient reaching the selected pre-activations, flat, through the ReLU."""
+def _gamma(grad: Tensor | None, values: Tensor, *, through_relu: bool = True) -> Tensor:
+    """The gradient reaching the selected pre-activations, flat: through the ReLU, or with
+    ``through_relu=False`` straight past it (AuxK's picks, ``_aux_gamma``)."""
     if grad is None:
         return torch.zeros(values.numel(), dtype=torch.float32, device=values.device)
-    return (grad * (values > 0)).float().reshape(-1)
+    return (grad * (values > 0) if through_relu else grad).float().reshape(-1)
 
 
 def _with_aux_entries(
@@ -311,9 +312,7 @@ def _aux_gamma(grad: Tensor | None, values: Tensor) -> Tensor:
     latent fired within the last 28,672 tokens, at the same held-out FVU (0.0610 against
     0.0609). Latents that fire on none of the 32,768 held-out rows because they are rare were
     about as many (14 against 11)."""
-    if grad is None:
-        return torch.zeros(values.numel(), dtype=torch.float32, device=values.device)
-    return grad.float().reshape(-1)
+    return _gamma(grad, values, through_relu=False)
 
 
 class _SelectTopK(torch.autograd.Function):

@@ -14,7 +14,7 @@ from torch import Tensor
 import saekit
 from saekit.data.synthetic import make_toy
 from saekit.sae.registry import ARCHITECTURES, uses_k
-from saekit.training.controller import CLOSE, MAX_SHIFT, L0Controller, margin_counts
+from saekit.training.controller import BALANCE_MARGIN, BALANCE_MEMORY, CLOSE, MAX_SHIFT, L0Controller, margin_counts
 
 PENALISED = [arch for arch in ARCHITECTURES if not uses_k(arch)]
 
@@ -147,15 +147,64 @@ def test_no_windup_while_the_thresholds_cannot_follow():
 
 def test_state_round_trips():
     margins = torch.randn(20_000, generator=torch.Generator().manual_seed(3)) * 0.3
+    lam, sums = torch.tensor(0.1), torch.tensor([-2.0, 0.5])  # λ* = 0.4, above λ: the floor acts
     a = L0Controller(20, gain=0.01, device=torch.device("cpu"))
     for l0 in (60.0, 45.0, 30.0, 22.0):
-        a.update(torch.tensor(l0), margin_counts(margins), 1000)
+        a.update(torch.tensor(l0), margin_counts(margins), 1000, coefficient=lam, balance=sums * l0 / 30)
+    assert a.state()["balance"] > 0
     b = L0Controller(20, gain=0.01, device=torch.device("cpu"))
     b.load({**a.state(), "rate": 0.3, "noise": 0.1})  # an older controller's keys are ignored
     for l0 in (25.0, 18.0):
-        assert [float(t) for t in a.update(torch.tensor(l0), margin_counts(margins), 1000)] == [
-            float(t) for t in b.update(torch.tensor(l0), margin_counts(margins), 1000)
+        assert [float(t) for t in a.update(torch.tensor(l0), margin_counts(margins), 1000, lam, sums)] == [
+            float(t) for t in b.update(torch.tensor(l0), margin_counts(margins), 1000, lam, sums)
         ]
+
+
+def test_lambda_is_held_above_the_balance():
+    """λ* = −λ · Σθ∂L/∂f / Σ∂L/∂count, averaged over steps where it is positive; the factor
+    keeps λ at or above BALANCE_MARGIN · λ*, and leaves it alone above that."""
+    margins = torch.randn(20_000, generator=torch.Generator().manual_seed(3)) * 0.3
+    c, free = (L0Controller(20, gain=0.01, device=torch.device("cpu")) for _ in range(2))
+    counts = margin_counts(margins)
+    lam = torch.tensor(0.1)
+
+    def step(sums: Tensor, coefficient: Tensor = lam) -> tuple[float, float]:
+        """(λ·factor with the floor, λ·factor of the same loops without it)."""
+        _, factor = c.update(torch.tensor(20.0), counts, 1000, coefficient=coefficient, balance=sums)
+        _, unfloored = free.update(torch.tensor(20.0), counts, 1000)
+        return float(coefficient * factor), float(coefficient * unfloored)
+
+    # At a random start the reconstruction wants fewer features (λ* < 0): no floor.
+    held, loops = step(torch.tensor([3.0, 1.0]))
+    assert held == pytest.approx(loops) and c.state()["balance"] == 0
+    held, loops = step(torch.tensor([-4.0, 1.0]))  # λ* = 0.1 · 4
+    assert held == pytest.approx(BALANCE_MARGIN * 0.4) and loops < 0.2
+    held, _ = step(torch.tensor([-2.0, 1.0]))
+    assert held == pytest.approx(BALANCE_MARGIN * (BALANCE_MEMORY * 0.4 + (1 - BALANCE_MEMORY) * 0.2))
+    held, loops = step(torch.tensor([-0.01, 1.0]), torch.tensor(50.0))  # far above the floor: the loops' own
+    assert held == pytest.approx(loops)
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_jumprelu_balance_is_where_the_threshold_gradients_cancel(activations, path):
+    """Analytic: at λ* read off penalty_balance, the thresholds' gradients sum to zero."""
+    sae = saekit.create("jumprelu", d_in=64, d_sae=1024, seed=0, target_l0=24)
+    sae = saekit.train(sae, activations, steps=30, batch_size=1024, lr=1e-3, precision="float32", progress=False).sae
+    sae.sparse_below = 2.0 if path == "sparse" else 0.0
+    x = activations[:2048]
+
+    def threshold_gradient(lam: float) -> tuple[Tensor, Tensor]:
+        sae.sparsity_coefficient.fill_(lam)
+        sae.zero_grad(set_to_none=True)
+        sae.loss(x).loss.backward()
+        return sae.threshold.grad.clone(), sae.penalty_balance().clone()
+
+    grad, sums = threshold_gradient(0.1)
+    assert float(sums[1]) > 0 and torch.isfinite(sums).all()
+    balance = -0.1 * float(sums[0] / sums[1])
+    at_balance, _ = threshold_gradient(balance)
+    assert float(at_balance.sum()) == pytest.approx(0.0, abs=1e-4 * float(at_balance.abs().sum()))
+    assert abs(float(grad.sum())) > 1e-2 * float(grad.abs().sum())  # and it was not zero by accident
 
 
 @pytest.mark.parametrize("arch", PENALISED)

@@ -333,6 +333,12 @@ class SparseAutoencoder(nn.Module):
         last batch's share of active entries (``observe_l0``) predicts this one's: it changes slowly."""
         return self.sparse_below > 1 or (x.device.type == "cpu" and self._active_share < self.sparse_below)
 
+    def penalty_balance(self) -> Tensor | None:
+        """After the backward, where the SAE's penalty acts on learned thresholds: the [2]
+        sums from which the target-L0 controller reads the coefficient that balances the
+        reconstruction's pull on them (``JumpReluSAE.penalty_balance``); None elsewhere."""
+        return None
+
     def observe_l0(self, l0: Tensor) -> None:
         """The trainer reports each step's mean L0 (over all ranks), which decides the next
         step's path; read only on CPU, where it costs no wait for a device."""

@@ -48,7 +48,7 @@ class _JumpReLUWithL0(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float, latents: Tensor | None):
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float, latents: Tensor | None, balance: Tensor | None):
         theta = threshold if latents is None else threshold[latents].to(z.dtype)
         active = z > theta
         near = (z - theta).abs_() < bandwidth / 2  # rectangle kernel K((z − θ)/ε) ≠ 0
@@ -58,13 +58,17 @@ class _JumpReLUWithL0(torch.autograd.Function):
         ctx.mark_dirty(z)
         ctx.save_for_backward(f, threshold, near, latents)
         ctx.bandwidth = bandwidth
+        ctx.balance = balance
         return f, torch.count_nonzero(active).float()
 
     @staticmethod
     def backward(ctx, grad_f: Tensor, grad_count: Tensor):
         f, threshold, near, latents = ctx.saved_tensors
         theta = threshold if latents is None else threshold[latents].to(grad_f.dtype)
-        through = (grad_f * theta).add_(grad_count.to(grad_f.dtype)).mul_(near)
+        through = (grad_f * theta).mul_(near)
+        if ctx.balance is not None:  # Σ_K θ ∂L/∂f and Σ_K ∂L/∂count: their ratio is λ's balance
+            ctx.balance.add_(torch.stack([through.sum(dtype=torch.float32), near.sum() * grad_count.float()]))
+        through.add_(grad_count.to(grad_f.dtype)).mul_(near)
         if latents is None:
             grad_threshold = through.sum(0).float()
         else:
@@ -75,15 +79,19 @@ class _JumpReLUWithL0(torch.autograd.Function):
         # H(z − θ) is f > 0 (θ ≥ 0); written into grad_f when it is a plain dense tensor.
         grad_z = overwritable(grad_f)
         torch.ops.aten.threshold_backward.grad_input(grad_z, f, 0, grad_input=grad_z)
-        return grad_z, grad_threshold.to(threshold.dtype), None, None
+        return grad_z, grad_threshold.to(threshold.dtype), None, None, None
 
 
 def jumprelu_with_l0(
-    z: Tensor, threshold: Tensor, bandwidth: float, latents: Tensor | None = None
+    z: Tensor, threshold: Tensor, bandwidth: float, latents: Tensor | None = None, balance: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """(JumpReLU_θ(z), number of active entries) with the straight-through gradients above;
-    z: [B, M] with θ: [M], or the entries z: [n] of latents [n] with the whole θ: [M]."""
-    return _JumpReLUWithL0.apply(z, threshold, bandwidth, latents)
+    z: [B, M] with θ: [M], or the entries z: [n] of latents [n] with the whole θ: [M].
+
+    ``balance``: a float32 [2] tensor to which the backward adds (Σ θ ∂L/∂f, Σ ∂L/∂count),
+    both over the kernel's support: the reconstruction's and the penalty's pull on the
+    thresholds, summed (``JumpReluSAE.penalty_balance``)."""
+    return _JumpReLUWithL0.apply(z, threshold, bandwidth, latents, balance)
 
 
 class JumpReluSAE(SparseAutoencoder):
@@ -97,6 +105,7 @@ class JumpReluSAE(SparseAutoencoder):
         super().__init__(cfg, generator=generator)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.threshold = nn.Parameter(torch.full((cfg.d_sae,), float(cfg.jumprelu_init_threshold)))
+        self.register_buffer("_balance", torch.zeros(2), persistent=False)
 
     @classmethod
     def default_coefficient(cls) -> float:
@@ -128,7 +137,7 @@ class JumpReluSAE(SparseAutoencoder):
             return self._sparse_loss(x, target, sparsity_scale)
         z = self.pre_activations(x)
         threshold = self.threshold.to(z.dtype)
-        f, active = jumprelu_with_l0(z, threshold, self.cfg.jumprelu_bandwidth)
+        f, active = jumprelu_with_l0(z, threshold, self.cfg.jumprelu_bandwidth, balance=self._fresh_balance())
         x_hat = self.predict(x, self.decode(f))
         reconstruction = self.reconstruction_error(target, x_hat)
         sparsity = self.coefficient(sparsity_scale) * active / z.shape[0]
@@ -140,7 +149,9 @@ class JumpReluSAE(SparseAutoencoder):
         a straight-through gradient (z > θ − ε/2), with a margin for bf16 rounding."""
         floor = self.threshold.detach() - self.cfg.jumprelu_bandwidth
         entries = select_entries(x, self.W_enc, self.b_enc, self.centre, partial(entries_above, floor=floor))
-        f, active = jumprelu_with_l0(entries.values, self.threshold, self.cfg.jumprelu_bandwidth, entries.indices)
+        f, active = jumprelu_with_l0(
+            entries.values, self.threshold, self.cfg.jumprelu_bandwidth, entries.indices, self._fresh_balance()
+        )
         x_hat = self.predict(x, self.decode_sparse(entries._replace(values=f)))
         reconstruction = self.reconstruction_error(target, x_hat)
         sparsity = self.coefficient(sparsity_scale) * active / x.shape[0]
@@ -148,6 +159,17 @@ class JumpReluSAE(SparseAutoencoder):
         return LossOutput.from_entries(
             reconstruction + sparsity, parts, x_hat, entries.indices, f.detach() > 0, self.d_sae
         )
+
+    def _fresh_balance(self) -> Tensor:
+        self._balance.zero_()
+        return self._balance
+
+    def penalty_balance(self) -> Tensor:
+        """After the backward: the coefficient λ* at which the thresholds' gradients, summed
+        over the kernel's support, cancel: Σ_K θ ∂L_rec/∂f + (λ*/λ) Σ_K ∂L_λ/∂count = 0.
+        Returned as the [2] sums (Σ_K θ ∂L/∂f, Σ_K ∂L/∂count), which data-parallel ranks
+        add before λ* = −λ · first / second is read off them (``L0Controller.update``)."""
+        return self._balance
 
     def lr_scale_of(self, name: str) -> float:
         """θ learns √d_in times faster than the weights. Adam moves every parameter by about

@@ -303,6 +303,7 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         ctx.average_gradients(sae.parameters())
+        balance = sae.penalty_balance() if self.controller is not None else None
         sae.before_optimizer_step()
         if cfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
@@ -321,9 +322,12 @@ class Trainer:
             sae.observe_l0(l0)
             if self.controller is not None:
                 counts = ctx.sum_(torch.cat([margin_counts(sae.firing_margins(fit_rows, -MAX_SHIFT)), before.view(1)]))
+                if balance is not None:
+                    balance = ctx.sum_(balance.clone())
                 shift, factor = self.controller.update(
-                    l0, counts[:-1], fit_rows.shape[0] * ctx.world_size, before=counts[-1]
-                )
+                    l0, counts[:-1], fit_rows.shape[0] * ctx.world_size, before=counts[-1],
+                    coefficient=sae.sparsity_coefficient, balance=balance,
+                )  # fmt: skip
                 # Raise only the thresholds of features that fired: the others add nothing to
                 # L0, get no gradient to pull them back, and would be pushed out for good.
                 sae.shift_thresholds(torch.where((sae.tokens_since_fired == 0) | (shift < 0), shift, 0.0))

@@ -105,6 +105,10 @@ class JumpReluSAE(SparseAutoencoder):
         super().__init__(cfg, generator=generator)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.threshold = nn.Parameter(torch.full((cfg.d_sae,), float(cfg.jumprelu_init_threshold)))
+
+    def _register_training_state(self) -> None:
+        super()._register_training_state()
+        # The backward's sums for penalty_balance; training state, not weights.
         self.register_buffer("_balance", torch.zeros(2), persistent=False)
 
     @classmethod

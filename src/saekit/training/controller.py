@@ -48,7 +48,10 @@ L0 the step's batch's, measured in its forward pass:
   directions that found no true feature. Held at 1.5 λ*, the fit lowers the thresholds
   on the whole instead, which brings rarely firing latents back. Measured (300 steps on
   the demo's store, ``benchmarks/quality_matched_tokens.py --only '^jumprelu/saekit$'``):
-  held-out FVU 0.0880 → 0.0784, KL 0.275 → 0.233, ΔCE 0.056 → 0.025, dead 0.2% → 0.0%.
+  held-out FVU 0.0880 → 0.0784, KL 0.275 → 0.233, ΔCE 0.056 → 0.025, dead 0.2% → 0.0%;
+  on Gemma 3 270M layers.9.mlp_out (target 40) 0.1289 → 0.1087 at 150 steps, but 0.0655 →
+  0.0710 at 1,500, where λ sits on the floor from step ~540 while the slow loop would take
+  it lower (benchmarks/README, "λ held above its measured balance").
 
 ``state`` and ``load`` carry D and λ*'s running mean through checkpoints, so that a resumed
 run continues exactly.

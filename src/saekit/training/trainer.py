@@ -11,7 +11,6 @@ atomic checkpoints with exact resume, and data parallelism under torch.distribut
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +35,7 @@ from .checkpoint import LOG_FILE, load_checkpoint, read_log, save_checkpoint
 from .config import TrainConfig
 from .controller import MAX_SHIFT, L0Controller, firing_count, fit_stride, margin_counts
 from .controller import STATE as CONTROLLER_STATE
+from .prepare import prepare
 
 SETTLE_ROWS = 8192
 """Rows of the last global batch (a stride of it) that ``settle_for_inference`` reads."""
@@ -262,7 +262,7 @@ class Trainer:
             ctx.broadcast_adam_state_(self.optimizer)
             return step, (scale, target_scale), control
         ctx.broadcast_module_(sae)  # every rank starts from rank 0's weights, as DDP does
-        return 0, _prepare(sae, self.source, self.cfg, ctx, self.device), {}
+        return 0, prepare(sae, self.source, self.cfg, ctx, self.device), {}
 
     def _sparsity_scale(self, step: int) -> float:
         """The sparsity warm-up's factor; none with a target L0, where the SAE was calibrated
@@ -444,62 +444,6 @@ class Trainer:
             self.folder.finished(LOG_FILE)
         self.close()
         return TrainResult(sae, cfg.steps, cfg.steps * cfg.batch_size, self.scale, seconds, self.history)
-
-
-def _prepare(sae: SparseAutoencoder, source, cfg: TrainConfig, ctx: DistContext, device: torch.device):
-    """Before the first step: undo a folded scale (continued training), estimate the
-    activation scales c with E‖c·x‖ = √d (of the input, and of a transcoder's target) over
-    all ranks, start b_dec at the target's mean. Returns (c_in, c_out)."""
-    previous = sae.folded_scales()
-    if previous != (1.0, 1.0):
-        sae.fold_activation_scale(1.0 / previous[0], 1.0 / previous[1])
-        sae.cfg.activation_scale = sae.cfg.target_scale = 1.0
-        return previous
-    x, y = _sample(source, cfg, ctx)
-    x, y = x.to(device), (None if y is None else y.to(device))
-    for side in (x, y):
-        if side is not None and not bool(torch.isfinite(side).all()):
-            where = describe_nonfinite(source)
-            raise NonFiniteError(
-                f"the activations hold NaN or infinite values{' (' + where + ')' if where else ''}; "
-                "nothing was trained. Harvest the data again or remove those rows."
-            )
-    if sae.cfg.normalize_activations == "expected_norm":
-        scale = _norm_scale(x, ctx)
-        target_scale = scale if y is None else _norm_scale(y, ctx)
-    else:
-        scale = target_scale = 1.0
-    target = x if y is None else y
-    sae.init_b_dec(ctx.mean_(target.mean(0) * target_scale))
-    sae.calibrate(ctx.gather_rows(x) * scale)  # on the whole sample, as one process would
-    ctx.broadcast_module_(sae)
-    return scale, target_scale
-
-
-def _norm_scale(sample: Tensor, ctx: DistContext) -> float:
-    """c with E‖c·x‖ = √d over the sample on every rank."""
-    device = sample.device
-    norms = torch.stack([sample.norm(dim=-1).sum(), torch.tensor(float(sample.shape[0]), device=device)])
-    ctx.sum_(norms)
-    mean_norm = float(norms[0] / norms[1])
-    if not math.isfinite(mean_norm) or mean_norm == 0:
-        raise UsageError(f"the activations' mean norm is {mean_norm}; they cannot be normalised (are they all zero?).")
-    return math.sqrt(sample.shape[1]) / mean_norm
-
-
-def _sample(source, cfg: TrainConfig, ctx: DistContext) -> tuple[Tensor, Tensor | None]:
-    """About normalization_tokens rows (x, and y when the target is not x), read with a
-    seed the training order does not use."""
-    xs, ys, got = [], [], 0
-    for batch in source.batches(cfg.batch_size, seed=cfg.seed + 7919, rank=ctx.rank, world_size=ctx.world_size):
-        pair = as_pair(batch)
-        xs.append(pair.x)
-        if not pair.same:
-            ys.append(pair.y)
-        got += pair.x.shape[0] * ctx.world_size
-        if got >= cfg.normalization_tokens:
-            break
-    return torch.cat(xs).float(), (torch.cat(ys).float() if ys else None)
 
 
 @torch.no_grad()

@@ -16,6 +16,16 @@ neither gets near L0 32 from a cold start, so read those rows for speed of desce
 
     .venv-bench/bin/python benchmarks/quality_per_time.py                 # 5 archs × 2 libraries × 60 s
     .venv-bench/bin/python benchmarks/quality_per_time.py --seconds 30 --only topk
+
+On real activations, give a store (``saekit harvest`` writes one): ``--store PATH`` hands
+the run to quality_matched_tokens.py's equal-wall-time mode (``--seconds``), which trains
+every library that has the architecture (sparsify too, for TopK) on the store's rows and
+judges them with one evaluator, spliced KL and ΔCE included. ``--only`` then matches
+ARCH/LIBRARY, and every option of that benchmark passes through (``--setting`` defaults
+to ``defaults``, each library as its users run it):
+
+    .venv-bench/bin/python benchmarks/quality_per_time.py --store runs/demo/store --seconds 60 \
+        --only '^batchtopk/' --seeds 0 --splice-tokens 4096
 """
 
 from __future__ import annotations
@@ -120,7 +130,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--heldout-tokens", type=int, default=16_384)
     parser.add_argument("--no-peers", action="store_true", help="saekit's rows only")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--store", type=Path, action="append", default=[],
+        help="real activations (repeatable): run quality_matched_tokens.py --seconds on them; "
+        "its other options pass through",
+    )  # fmt: skip
+    args, passed_on = parser.parse_known_args(argv)
+    if args.store:
+        import quality_matched_tokens
+
+        forwarded = [x for store in args.store for x in ("--store", str(store))]
+        if args.saelens_coefficient is not None or args.no_peers:
+            parser.error("with --store, give coefficients as --coefficients saelens/ARCH=C and rows with --only")
+        forwarded += ["--seconds", f"{args.seconds:g}", "--only", args.only, "--target-l0", f"{args.target_l0:g}"]
+        if not any(a == "--setting" or a.startswith("--setting=") for a in passed_on):
+            forwarded += ["--setting", "defaults"]
+        quality_matched_tokens.main(forwarded + passed_on)
+        return
+    if passed_on:
+        parser.error(f"unrecognized arguments: {' '.join(passed_on)} (they belong with --store)")
 
     cfg = BenchConfig(n_batches=16)
     torch.manual_seed(cfg.seed)

@@ -2,9 +2,12 @@
 of real activations, every SAE judged by one evaluator.
 
 Data. One or more saekit activation stores (``--store``, repeatable; ``saekit harvest``
-writes them). A store's last ``--heldout`` rows, rounded back to a context boundary so
-that they are whole contexts, are held out; the rows before them are the training rows.
-One fixed permutation of the training rows (``--data-seed``) is read in order, wrapping
+writes them). Whole contexts holding at least ``--heldout`` rows are held out, drawn at
+random from the store with a fixed seed (``--heldout-split random``); the other rows are
+the training rows. A store holds a corpus's first N tokens in order, so its last contexts
+("--heldout-split tail", the split before 2026-12-07) are one or two documents the
+training rows never show (on the demo's store, the end of one play): latents for the other
+plays' names and places cannot fire there, and the dead fraction then counts them. One fixed permutation of the training rows (``--data-seed``) is read in order, wrapping
 around: batch i is rows perm[(i·B + j) mod n], j < B. Every library gets exactly these
 batches, in this order, as float32.
 
@@ -106,6 +109,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import hashlib
 import math
 import re
 import statistics
@@ -200,8 +204,8 @@ class StoreData:
     """[n_train, d_in] in the store's dtype."""
     heldout: Tensor
     """[n_heldout, d_in] float32."""
-    heldout_begin: int
-    """First held-out row (a context's first row)."""
+    heldout_rows: Tensor
+    """The held-out rows' indices in the store, ascending, whole contexts."""
     order: Tensor
     """A permutation of the training rows; batch i reads order[(i·B + j) mod n_train]."""
 
@@ -223,7 +227,27 @@ def context_starts(positions: Tensor) -> Tensor:
     return starts
 
 
-def open_data(path: Path, heldout: int, data_seed: int) -> tuple[StoreData, Any]:
+HELDOUT_SEED = 0
+"""Seed of the held-out contexts' draw (``--heldout-split random``): fixed, so that every
+run on a store is judged on the same rows whatever its --data-seed."""
+
+
+def heldout_rows(positions: Tensor, heldout: int, split: str) -> Tensor:
+    """The held-out rows, ascending: whole contexts holding at least ``heldout`` rows, either
+    the store's last contexts ("tail") or contexts drawn at random ("random")."""
+    n = positions.shape[0]
+    starts = torch.nonzero(context_starts(positions)).flatten()
+    if split == "tail":
+        begin = int(starts[starts <= n - heldout].max())
+        return torch.arange(begin, n)
+    ends = torch.cat([starts[1:], torch.tensor([n])])
+    order = torch.randperm(starts.shape[0], generator=torch.Generator().manual_seed(HELDOUT_SEED))
+    taken = int(torch.searchsorted(torch.cumsum((ends - starts)[order], 0), heldout)) + 1
+    chosen = order[:taken].sort().values
+    return torch.cat([torch.arange(int(starts[c]), int(ends[c])) for c in chosen])
+
+
+def open_data(path: Path, heldout: int, data_seed: int, split: str = "random") -> tuple[StoreData, Any]:
     from saekit._runtime.errors import DataError
     from saekit.data.store import open_store
 
@@ -232,26 +256,28 @@ def open_data(path: Path, heldout: int, data_seed: int) -> tuple[StoreData, Any]
     except DataError as error:
         fail(f"--store {path}: {error}")
     n = len(store)
-    if not 0 < heldout < n:
-        fail(f"--heldout {heldout}: the store {path} has {n} rows; hold out between 1 and {n - 1}.")
-    starts = torch.nonzero(context_starts(store.positions[:])).flatten()
-    begin = int(starts[starts <= n - heldout].max())
-    order = torch.randperm(begin, generator=torch.Generator().manual_seed(data_seed))
+    if not 0 < heldout < n // 2:
+        fail(f"--heldout {heldout}: the store {path} has {n} rows; hold out between 1 and {n // 2 - 1}.")
+    rows = heldout_rows(store.positions[:], heldout, split)
+    kept = torch.ones(n, dtype=torch.bool)
+    kept[rows] = False
+    train = store.activations[: int(rows[0])] if split == "tail" else store.activations[torch.nonzero(kept).flatten()]
+    order = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(data_seed))
     data = StoreData(
         path=path,
         hook=store.hook,
         model=str(store.manifest["model"]),
-        train=store.activations[:begin],
-        heldout=store.activations[begin:].float(),
-        heldout_begin=begin,
+        train=train,
+        heldout=store.activations[rows].float(),
+        heldout_rows=rows,
         order=order,
     )
     return data, store
 
 
-def heldout_contexts(store, begin: int):
-    """The held-out contexts as a TokenizedCorpus, rebuilt from the store's rows from
-    ``begin`` on: each row's token id at its position; the positions no row holds are
+def heldout_contexts(store, rows: Tensor):
+    """The held-out contexts as a TokenizedCorpus, rebuilt from the store's ``rows`` (whole
+    contexts, ascending): each row's token id at its position; the positions no row holds are
     BOS (position 0) and the special tokens the harvest left out of the train mask — with
     packing, the separators between documents (their document: the one they end) — or,
     without packing, the padding after a document's last token."""
@@ -259,7 +285,7 @@ def heldout_contexts(store, begin: int):
 
     options = dict(store.manifest["corpus"])
     size = int(store.manifest["context_size"])
-    tok, doc, pos = store.token_ids[begin:], store.doc_ids[begin:], store.positions[begin:]
+    tok, doc, pos = store.token_ids[rows], store.doc_ids[rows], store.positions[rows]
     context = torch.cumsum(context_starts(pos).long(), 0) - 1
     n_contexts = int(context[-1]) + 1
     tokens = torch.full((n_contexts, size), int(options["separator_token_id"]), dtype=torch.int64)
@@ -285,7 +311,7 @@ def heldout_contexts(store, begin: int):
         train_mask=mask,
         sources=(),
         options=options,
-        fingerprint=f"{store.fingerprint()}:rows-from-{begin}",
+        fingerprint=f"{store.fingerprint()}:rows-{hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]}",
     )
 
 
@@ -612,6 +638,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-l0", type=float, default=None, help="penalised architectures (default: --k)")
     parser.add_argument("--coefficients", action="append", default=[], help="LIBRARY/ARCH=c1,c2,c3 (repeatable)")
     parser.add_argument("--heldout", type=int, default=32768, help="held-out rows at the end of each store")
+    parser.add_argument(
+        "--heldout-split", choices=("random", "tail"), default="random",
+        help="held-out contexts drawn at random from the store, or its last ones (before 2026-12-07)",
+    )  # fmt: skip
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the training rows' permutation")
     parser.add_argument("--splice-tokens", type=int, default=16384, help="held-out tokens for KL and ΔCE; 0: off")
     parser.add_argument("--model", default=None, help="the model for the splice (default: the store's manifest's)")
@@ -639,7 +669,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[dict] = []
     models: dict[str, Any] = {}
     for store_path in args.store:
-        data, store = open_data(store_path, args.heldout, args.data_seed)
+        data, store = open_data(store_path, args.heldout, args.data_seed, args.heldout_split)
         loaded = corpus = None
         if args.splice_tokens:
             from saekit.data.model import load_model
@@ -656,7 +686,7 @@ def main(argv: list[str] | None = None) -> None:
                         "or --splice-tokens 0."
                     )
             loaded = models[spec]
-            corpus = heldout_contexts(store, data.heldout_begin)
+            corpus = heldout_contexts(store, data.heldout_rows)
             error = check_contexts(loaded, corpus, data.hook, data.heldout)
             print(f"{store_path}: rebuilt held-out contexts, activation error {error:.3%}", file=sys.stderr)
             if error > 0.05:

@@ -5,11 +5,12 @@ Data. One or more saekit activation stores (``--store``, repeatable; ``saekit ha
 writes them). Whole contexts holding at least ``--heldout`` rows are held out, drawn at
 random from the store with a fixed seed (``--heldout-split random``); the other rows are
 the training rows. A store holds a corpus's first N tokens in order, so its last contexts
-("--heldout-split tail", the split before 2026-12-07) are one or two documents the
-training rows never show (on the demo's store, the end of one play): latents for the other
-plays' names and places cannot fire there, and the dead fraction then counts them. One fixed permutation of the training rows (``--data-seed``) is read in order, wrapping
-around: batch i is rows perm[(i·B + j) mod n], j < B. Every library gets exactly these
-batches, in this order, as float32.
+(``--heldout-split tail``, the split before 2026-12-07) are the end of one or two documents
+that no training row shows (on the demo's store, the end of one play and the next): they
+measure an unseen document, not the training rows' distribution (benchmarks/README.md,
+"Held-out contexts drawn at random"). One fixed permutation of the training rows
+(``--data-seed``) is read in order, wrapping around: batch i is rows perm[(i·B + j) mod n],
+j < B. Every library gets exactly these batches, in this order, as float32.
 
 Rows: architecture × library, named ``ARCH/LIBRARY`` for ``--only``:
 

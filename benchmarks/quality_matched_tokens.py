@@ -234,18 +234,19 @@ run on a store is judged on the same rows whatever its --data-seed."""
 
 
 def heldout_rows(positions: Tensor, heldout: int, split: str) -> Tensor:
-    """The held-out rows, ascending: whole contexts holding at least ``heldout`` rows, either
+    """bool [n]: the held-out rows, whole contexts holding at least ``heldout`` rows, either
     the store's last contexts ("tail") or contexts drawn at random ("random")."""
-    n = positions.shape[0]
-    starts = torch.nonzero(context_starts(positions)).flatten()
+    starts = context_starts(positions)
+    context = torch.cumsum(starts.long(), 0) - 1
+    sizes = torch.bincount(context)
     if split == "tail":
-        begin = int(starts[starts <= n - heldout].max())
-        return torch.arange(begin, n)
-    ends = torch.cat([starts[1:], torch.tensor([n])])
-    order = torch.randperm(starts.shape[0], generator=torch.Generator().manual_seed(HELDOUT_SEED))
-    taken = int(torch.searchsorted(torch.cumsum((ends - starts)[order], 0), heldout)) + 1
-    chosen = order[:taken].sort().values
-    return torch.cat([torch.arange(int(starts[c]), int(ends[c])) for c in chosen])
+        order = torch.arange(sizes.shape[0] - 1, -1, -1)
+    else:
+        order = torch.randperm(sizes.shape[0], generator=torch.Generator().manual_seed(HELDOUT_SEED))
+    taken = int(torch.searchsorted(torch.cumsum(sizes[order], 0), heldout)) + 1
+    chosen = torch.zeros(sizes.shape[0], dtype=torch.bool)
+    chosen[order[:taken]] = True
+    return chosen[context]
 
 
 def open_data(path: Path, heldout: int, data_seed: int, split: str = "random") -> tuple[StoreData, Any]:
@@ -259,10 +260,9 @@ def open_data(path: Path, heldout: int, data_seed: int, split: str = "random") -
     n = len(store)
     if not 0 < heldout < n // 2:
         fail(f"--heldout {heldout}: the store {path} has {n} rows; hold out between 1 and {n // 2 - 1}.")
-    rows = heldout_rows(store.positions[:], heldout, split)
-    kept = torch.ones(n, dtype=torch.bool)
-    kept[rows] = False
-    train = store.activations[: int(rows[0])] if split == "tail" else store.activations[torch.nonzero(kept).flatten()]
+    held = heldout_rows(store.positions[:], heldout, split)
+    rows = torch.nonzero(held).flatten()
+    train = store.activations[torch.nonzero(~held).flatten()]
     order = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(data_seed))
     data = StoreData(
         path=path,

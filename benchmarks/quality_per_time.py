@@ -139,9 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.store:
         import quality_matched_tokens
 
-        forwarded = [x for store in args.store for x in ("--store", str(store))]
         if args.saelens_coefficient is not None or args.no_peers:
             parser.error("with --store, give coefficients as --coefficients saelens/ARCH=C and rows with --only")
+        forwarded = [x for store in args.store for x in ("--store", str(store))]
         forwarded += ["--seconds", f"{args.seconds:g}", "--only", args.only, "--target-l0", f"{args.target_l0:g}"]
         if not any(a == "--setting" or a.startswith("--setting=") for a in passed_on):
             forwarded += ["--setting", "defaults"]

@@ -41,6 +41,13 @@ FLAGS = [
 ]
 
 
+def default_sigint() -> None:
+    """A child started from a shell's background job inherits SIGINT ignored, and Python
+    then installs no KeyboardInterrupt handler, so the run would rightly ignore the
+    test's Ctrl-C: give the child the default disposition a terminal gives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -49,6 +56,7 @@ def start(out: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=default_sigint,
     )
 
 

@@ -37,7 +37,11 @@ KL and ΔCE on SmolLM2-135M layers.15.resid_post (the demo's store; k 32, 4,608 
 At 2,000 steps (``--steps 2000``, seed 0), before and now: TopK FVU 0.0680 and 0.0676,
 dead 1.9% and 1.8%, KL 0.194 and 0.197; BatchTopK 0.0629 and 0.0629, 0.5% and 0.3%,
 0.164 and 0.168. So the window cures the early deaths, not the ones of a long run ("dead"
-here: never fires on the 32k held-out rows; not yet traced). With encoder_lr_scale 0.7
+here: never fires on the 32k held-out rows). Every table in this module holds out the
+store's last contexts (``--heldout-split tail``, the benchmark's split before 2026-12-07),
+the end of a play no training row shows, where more latents look dead than on contexts
+drawn at random (2,000 steps: 18 against 5; benchmarks/README.md, "Held-out contexts drawn
+at random", and "Which default loses TopK's rare latents"). With encoder_lr_scale 0.7
 (now TopK's default) TopK at 2,000 steps reaches FVU 0.0662, 0.5% dead, KL 0.181 (0.0665, 0.9%, 0.186
 with the old AuxK).
 

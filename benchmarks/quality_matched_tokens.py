@@ -220,12 +220,12 @@ class StoreData:
         return self.train[rows].float()
 
 
-def context_starts(positions: Tensor) -> Tensor:
-    """bool [n]: rows that begin a context (stored rows are in corpus order, so a position
-    not above the previous row's starts a new context)."""
-    starts = torch.ones_like(positions, dtype=torch.bool)
+def context_ids(positions: Tensor) -> Tensor:
+    """int64 [n]: each row's context, counted from 0 (stored rows are in corpus order, so a
+    position not above the previous row's starts a new context)."""
+    starts = torch.ones_like(positions, dtype=torch.int64)
     starts[1:] = positions[1:] <= positions[:-1]
-    return starts
+    return torch.cumsum(starts, 0) - 1
 
 
 HELDOUT_SEED = 0
@@ -236,8 +236,7 @@ run on a store is judged on the same rows whatever its --data-seed."""
 def heldout_rows(positions: Tensor, heldout: int, split: str) -> Tensor:
     """bool [n]: the held-out rows, whole contexts holding at least ``heldout`` rows, either
     the store's last contexts ("tail") or contexts drawn at random ("random")."""
-    starts = context_starts(positions)
-    context = torch.cumsum(starts.long(), 0) - 1
+    context = context_ids(positions)
     sizes = torch.bincount(context)
     if split == "tail":
         order = torch.arange(sizes.shape[0] - 1, -1, -1)
@@ -287,7 +286,7 @@ def heldout_contexts(store, rows: Tensor):
     options = dict(store.manifest["corpus"])
     size = int(store.manifest["context_size"])
     tok, doc, pos = store.token_ids[rows], store.doc_ids[rows], store.positions[rows]
-    context = torch.cumsum(context_starts(pos).long(), 0) - 1
+    context = context_ids(pos)
     n_contexts = int(context[-1]) + 1
     tokens = torch.full((n_contexts, size), int(options["separator_token_id"]), dtype=torch.int64)
     tokens[:, 0] = int(options["bos_token_id"])
